@@ -1,0 +1,143 @@
+"""The configuration of a Vision Transformer: one dataclass, serialisable to JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Pool = Literal["token", "gap"]
+
+# Limits that keep a config read from an untrusted file from allocating absurd amounts of memory.
+_MAX_WIDTH = 16384
+_MAX_DEPTH = 256
+_MAX_TOKENS = 1 << 20
+
+
+def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, (int, float)) else (int(x[0]), int(x[1]))
+
+
+@dataclass
+class ViTConfig:
+    """Hyper-parameters of the paper's Table 1 plus the options of section 3 and appendix D.
+
+    `backbone_layers` makes the model a hybrid (section 3.1): ``None`` is a pure ViT, ``()`` a
+    ResNet stem only, ``(3, 4, 9)`` the R50 used with ViT-B/16. For a hybrid, `patch_size` is the
+    patch size on the backbone's feature map (1 in the paper's hybrids).
+    `mean`, `std`, `crop_pct` and `interpolation` record the preprocessing the weights expect.
+    """
+
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    pool: Pool = "token"
+    class_token: bool = True
+    representation_size: int | None = None
+    qkv_bias: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    norm_eps: float = 1e-6
+    dynamic_img_size: bool = False
+    backbone_layers: tuple[int, ...] | None = None
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    crop_pct: float = 1.0
+    interpolation: str = "bicubic"
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.img_size = to_2tuple(self.img_size)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.backbone_layers is not None:
+            self.backbone_layers = tuple(int(n) for n in self.backbone_layers)
+        self.validate()
+
+    # ---- derived quantities -------------------------------------------------------------
+    @property
+    def is_hybrid(self) -> bool:
+        return self.backbone_layers is not None
+
+    @property
+    def backbone_stride(self) -> int:
+        """Stride of the ResNet feature map: the stem's 4, then 2 per stage after the first."""
+        if self.backbone_layers is None:
+            return 1
+        return 4 * 2 ** max(len(self.backbone_layers) - 1, 0)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per token along each side."""
+        return self.backbone_stride * self.patch_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self.img_size[0] // self.stride, self.img_size[1] // self.stride)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token)
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled representation that the head reads."""
+        return self.representation_size or self.embed_dim
+
+    # ---- checks and (de)serialisation ---------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError, one line, for a configuration that cannot be built."""
+        def bad(msg: str) -> None:
+            raise ValueError(f"invalid ViT config{f' {self.name!r}' if self.name else ''}: {msg}")
+
+        for key in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                bad(f"{key} must be a positive integer, got {value!r}")
+        if self.num_classes < 0:
+            bad(f"num_classes must be >= 0, got {self.num_classes}")
+        if min(self.img_size) <= 0:
+            bad(f"img_size must be positive, got {self.img_size}")
+        if self.embed_dim % self.num_heads:
+            bad(f"num_heads={self.num_heads} does not divide embed_dim={self.embed_dim}")
+        if self.pool not in ("token", "gap"):
+            bad(f"pool must be 'token' or 'gap', got {self.pool!r}")
+        if self.pool == "token" and not self.class_token:
+            bad("pool='token' needs class_token=True")
+        for key in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                bad(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if max(self.embed_dim, self.mlp_dim, self.representation_size or 0) > _MAX_WIDTH:
+            bad(f"width over {_MAX_WIDTH} (embed_dim={self.embed_dim}, mlp_dim={self.mlp_dim})")
+        if self.depth > _MAX_DEPTH:
+            bad(f"depth={self.depth} is over the limit of {_MAX_DEPTH}")
+        if math.prod(self.grid_size) > _MAX_TOKENS:
+            bad(f"img_size={self.img_size} with stride {self.stride} gives over {_MAX_TOKENS} tokens")
+        if self.backbone_layers is not None and (
+            len(self.backbone_layers) > 4 or any(n <= 0 or n > 64 for n in self.backbone_layers)
+        ):
+            bad(f"backbone_layers must be up to 4 stages of 1..64 units, got {self.backbone_layers}")
+        for size in self.img_size:
+            if size % self.stride:
+                bad(f"img_size={self.img_size} is not divisible by the patch stride {self.stride}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViT config keys {unknown}; expected some of {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **overrides: Any) -> "ViTConfig":
+        return ViTConfig.from_dict({**self.to_dict(), **overrides})

@@ -1,0 +1,147 @@
+"""Named variants: timm's names, which users already know, and the paper's aliases (Table 1)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from .config import ViTConfig
+
+# Table 1 of the paper: layers, width D, MLP size, heads.
+WIDTHS: dict[str, dict[str, int]] = {
+    "tiny": dict(depth=12, embed_dim=192, mlp_dim=768, num_heads=3),
+    "small": dict(depth=12, embed_dim=384, mlp_dim=1536, num_heads=6),
+    "base": dict(depth=12, embed_dim=768, mlp_dim=3072, num_heads=12),
+    "large": dict(depth=24, embed_dim=1024, mlp_dim=4096, num_heads=16),
+    "huge": dict(depth=32, embed_dim=1280, mlp_dim=5120, num_heads=16),
+}
+
+# (width, patch, resolution) of every plain ViT that timm registers under these names.
+_PLAIN = [
+    ("tiny", 16, 224), ("tiny", 16, 384),
+    ("small", 8, 224), ("small", 16, 224), ("small", 16, 384), ("small", 32, 224), ("small", 32, 384),
+    ("base", 8, 224), ("base", 16, 224), ("base", 16, 384), ("base", 32, 224), ("base", 32, 384),
+    ("large", 14, 224), ("large", 16, 224), ("large", 16, 384), ("large", 32, 224), ("large", 32, 384),
+    ("huge", 14, 224),
+]  # fmt: skip
+
+# Hybrids (section 3.1): name stem -> (width, ResNet stages, patch size on the feature map).
+_HYBRID = {
+    "vit_tiny_r_s16_p8": ("tiny", (), 8),
+    "vit_small_r26_s32": ("small", (2, 2, 2, 2), 1),
+    "vit_base_r26_s32": ("base", (2, 2, 2, 2), 1),
+    "vit_base_r50_s16": ("base", (3, 4, 9), 1),
+    "vit_large_r50_s32": ("large", (3, 4, 6, 3), 1),
+}
+_HYBRID_RESOLUTIONS = {"vit_base_r26_s32": (224,)}
+
+# Small models for CPU work; not in the paper.
+_CPU = {
+    "vit_nano_patch4_28": dict(img_size=28, patch_size=4, depth=6, embed_dim=128, mlp_dim=256, num_heads=4,
+                               num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
+    "vit_micro_patch4_32": dict(img_size=32, patch_size=4, depth=6, embed_dim=192, mlp_dim=384, num_heads=3,
+                                num_classes=10),
+    "vit_test_patch4_16": dict(img_size=16, patch_size=4, depth=2, embed_dim=32, mlp_dim=64, num_heads=2,
+                               num_classes=10),
+}  # fmt: skip
+
+
+# Default published weights of each name: timm's Hugging Face Hub repositories ("timm/" + name + "." + tag).
+# Weights without a classifier (ImageNet-21k or self-supervised) have num_classes 0.
+PRETRAINED_TAGS: dict[str, str] = {
+    "vit_tiny_patch16_224": "augreg_in21k_ft_in1k", "vit_tiny_patch16_384": "augreg_in21k_ft_in1k",
+    "vit_small_patch8_224": "dino", "vit_small_patch16_224": "augreg_in21k_ft_in1k",
+    "vit_small_patch16_384": "augreg_in21k_ft_in1k", "vit_small_patch32_224": "augreg_in21k_ft_in1k",
+    "vit_small_patch32_384": "augreg_in21k_ft_in1k",
+    "vit_base_patch8_224": "augreg2_in21k_ft_in1k", "vit_base_patch16_224": "augreg2_in21k_ft_in1k",
+    "vit_base_patch16_384": "augreg_in21k_ft_in1k", "vit_base_patch32_224": "augreg_in21k_ft_in1k",
+    "vit_base_patch32_384": "augreg_in21k_ft_in1k",
+    "vit_large_patch16_224": "augreg_in21k_ft_in1k", "vit_large_patch16_384": "augreg_in21k_ft_in1k",
+    "vit_large_patch32_224": "orig_in21k", "vit_large_patch32_384": "orig_in21k_ft_in1k",
+    "vit_huge_patch14_224": "orig_in21k",
+    "vit_tiny_r_s16_p8_224": "augreg_in21k_ft_in1k", "vit_tiny_r_s16_p8_384": "augreg_in21k_ft_in1k",
+    "vit_small_r26_s32_224": "augreg_in21k_ft_in1k", "vit_small_r26_s32_384": "augreg_in21k_ft_in1k",
+    "vit_base_r50_s16_224": "orig_in21k", "vit_base_r50_s16_384": "orig_in21k_ft_in1k",
+    "vit_large_r50_s32_224": "augreg_in21k_ft_in1k", "vit_large_r50_s32_384": "augreg_in21k_ft_in1k",
+}  # fmt: skip
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _pretrained_defaults(name: str) -> dict[str, Any]:
+    """Config fields implied by the default weights: the class count and their preprocessing."""
+    tag = PRETRAINED_TAGS.get(name, "")
+    if tag.endswith("in21k") or tag == "dino":
+        out: dict[str, Any] = dict(num_classes=0)
+        if tag == "dino":
+            out.update(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return out
+    return {}
+
+
+def default_hub_id(name: str) -> str:
+    """The Hub repository of `name`'s default published weights, e.g. timm/vit_base_patch16_224.augreg2_in21k_ft_in1k."""
+    registry_name = resolve_name(name)
+    if "." in name.split("/")[-1] and not name.startswith("ViT") and not name.startswith("R"):
+        return f"timm/{name}"
+    if registry_name not in PRETRAINED_TAGS:
+        raise ValueError(f"no published weights are known for {name!r}; pass a path or a Hub id")
+    return f"timm/{registry_name}.{PRETRAINED_TAGS[registry_name]}"
+
+
+def _build_table() -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for width, patch, res in _PLAIN:
+        table[f"vit_{width}_patch{patch}_{res}"] = dict(
+            WIDTHS[width], patch_size=patch, img_size=res, crop_pct=1.0 if res == 384 else 0.9,
+            **_pretrained_defaults(f"vit_{width}_patch{patch}_{res}"),
+        )  # fmt: skip
+    for stem, (width, layers, patch) in _HYBRID.items():
+        for res in _HYBRID_RESOLUTIONS.get(stem, (224, 384)):
+            table[f"{stem}_{res}"] = dict(
+                WIDTHS[width], backbone_layers=layers, patch_size=patch, img_size=res,
+                crop_pct=1.0 if res == 384 else 0.9, **_pretrained_defaults(f"{stem}_{res}"),
+            )  # fmt: skip
+    for name, row in _CPU.items():
+        table[name] = dict(row)
+    return table
+
+
+MODELS: dict[str, dict[str, Any]] = _build_table()
+
+# The paper's names (section 4.1), at the pretraining resolution.
+ALIASES: dict[str, str] = {
+    **{
+        f"ViT-{short}/{patch}": f"vit_{width}_patch{patch}_224"
+        for width, short in [("tiny", "Ti"), ("small", "S"), ("base", "B"), ("large", "L"), ("huge", "H")]
+        for patch in (8, 14, 16, 32)
+        if f"vit_{width}_patch{patch}_224" in MODELS
+    },
+    "R50+ViT-B/16": "vit_base_r50_s16_224",
+    "R26+ViT-S/32": "vit_small_r26_s32_224",
+    "R26+ViT-B/32": "vit_base_r26_s32_224",
+    "R50+ViT-L/32": "vit_large_r50_s32_224",
+    "R+ViT-Ti/16": "vit_tiny_r_s16_p8_224",
+}
+
+
+def list_models(include_aliases: bool = False) -> list[str]:
+    """All registered model names (timm style); with include_aliases, the paper's names too."""
+    return sorted(MODELS) + (sorted(ALIASES) if include_aliases else [])
+
+
+def resolve_name(name: str) -> str:
+    """A timm-style name or a paper alias -> the registry name; a one-line error with suggestions."""
+    base = name.split(".", 1)[0]  # timm's 'name.pretrained_tag'
+    base = ALIASES.get(base, base)
+    if base not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS) + list(ALIASES), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see vitkit.list_models()"
+        raise ValueError(f"unknown model {name!r}{hint}")
+    return base
+
+
+def get_config(name: str, **overrides: Any) -> ViTConfig:
+    """The ViTConfig registered under `name` (or its alias), with `overrides` applied."""
+    registry_name = resolve_name(name)
+    fields = {**MODELS[registry_name], "name": registry_name}
+    return ViTConfig.from_dict({**fields, **overrides})
