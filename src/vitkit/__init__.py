@@ -4,25 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
+from .checkpoints.hub import load_pretrained
+from .checkpoints.io import save
+from .checkpoints.load import LoadReport, load, load_checkpoint
 from .models import ViTConfig, VisionTransformer, get_config, list_models, resample_pos_embed
 
 __version__ = "0.1.0"
 
 
-def create_model(name: str, pretrained: bool | str | None = None, **overrides: Any) -> VisionTransformer:
+def create_model(
+    name: str, pretrained: bool | str | None = None, local_files_only: bool = False, **overrides: Any
+) -> VisionTransformer:
     """Build a registered model (timm name or paper alias) with `overrides` of its config.
 
     `pretrained`: a local file or directory, a Hugging Face Hub id, or True for the default
-    published weights of `name` (see vitkit.checkpoints.hub).
+    published weights of `name` (timm's Hub repositories). Weights for another class count get a
+    zero-initialised head; another resolution gets resampled position embeddings.
     """
     model = VisionTransformer(get_config(name, **overrides))
     if pretrained:
-        from .checkpoints.hub import load_pretrained
-
-        load_pretrained(model, name if pretrained is True else pretrained)
+        load_pretrained(model, name if pretrained is True else str(pretrained), local_files_only=local_files_only)
     return model
 
 
-__all__ = ["ViTConfig", "VisionTransformer", "create_model", "get_config", "list_models", "resample_pos_embed"]
+__all__ = [
+    "LoadReport", "ViTConfig", "VisionTransformer", "create_model", "get_config", "list_models", "load",
+    "load_checkpoint", "load_pretrained", "resample_pos_embed", "save",
+]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Checkpoints: format detection, converters from every peer format, vitkit's own safetensors files."""

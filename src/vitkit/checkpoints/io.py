@@ -1,0 +1,87 @@
+"""vitkit's own checkpoint file: one .safetensors whose metadata carries the model config.
+
+Writes are atomic: a crash mid-save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..models import ViTConfig, VisionTransformer
+
+FORMAT_TAG = "vitkit"
+META_FORMAT, META_CONFIG, META_VERSION, META_DIGEST = "format", "vitkit_config", "vitkit_version", "vitkit_sha256"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used; the message names the file."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save(model: VisionTransformer, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Write the model's weights and config to `path` (.safetensors), atomically.
+
+    `metadata`: extra string entries (class names, training step, ...) stored in the header.
+    """
+    from .. import __version__
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(metadata or {})
+    meta.update({
+        META_FORMAT: FORMAT_TAG,
+        META_CONFIG: json.dumps(model.config.to_dict()),
+        META_VERSION: __version__,
+        META_DIGEST: state_digest(state),
+    })  # fmt: skip
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_vitkit_file(path: str | os.PathLike, metadata: Mapping[str, str]) -> tuple[dict[str, torch.Tensor], ViTConfig]:
+    """The tensors and config of a vitkit file whose header `metadata` was already read; the digest is checked."""
+    state = load_file(str(path))
+    expected = metadata.get(META_DIGEST)
+    if expected and state_digest(state) != expected:
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupted")
+    try:
+        config = ViTConfig.from_dict(json.loads(metadata[META_CONFIG]))
+    except (KeyError, json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path}: the embedded vitkit config is unreadable ({e})") from None
+    return state, config
