@@ -1,0 +1,35 @@
+# vitkit: set-up, the main job, the tests and the benchmarks. Needs python3 (>= 3.10, with venv) and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch 2.14.1 + torchvision 0.29.1: the pair the project is tested with
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup data run demo test bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package dataset-fashion-mnist, where apt is available.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "no apt-get: vitkit will download Fashion-MNIST with torchvision"; fi
+
+run: setup data
+	$(BIN)/python examples/quickstart.py
+
+test: setup data
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs
