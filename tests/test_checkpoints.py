@@ -313,3 +313,32 @@ def test_pickle_module_is_not_needed_to_read_torch_files(tmp_path, timm_tiny, mo
     torch.save(timm_tiny.state_dict(), tmp_path / "c.pth")
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
     assert read_checkpoint(tmp_path / "c.pth").format == "timm"
+
+
+# ---- Google .npz through the generic loader ----------------------------------------------------
+def _write_npz(path, model: vitkit.VisionTransformer, prefix: str = "") -> None:
+    from vitkit.checkpoints import google
+
+    arrays = google.export({k: v.detach() for k, v in model.state_dict().items()}, model.config)
+    np.savez(path, **{prefix + k: v for k, v in arrays.items()})
+
+
+def test_npz_at_another_resolution_is_resampled_the_official_way_by_default(tmp_path):
+    source = randomise(vitkit.create_model("vit_tiny_patch16_224", **TINY))
+    _write_npz(tmp_path / "w.npz", source, prefix="opt/target/")
+    model = vitkit.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=5)
+    report = vitkit.load_checkpoint(model, tmp_path / "w.npz")
+    assert report.format == "google" and "(official)" in str(report)
+    expected = vitkit.resample_pos_embed(source.pos_embed.detach(), (4, 4), method="official")
+    torch.testing.assert_close(model.pos_embed.detach(), expected, atol=1e-6, rtol=0)
+
+
+def test_npz_pre_logits_are_kept_when_the_model_has_a_representation_layer(tmp_path, images):
+    source = randomise(vitkit.create_model("vit_tiny_patch16_224", **TINY, representation_size=48))
+    _write_npz(tmp_path / "w.npz", source)
+    with_layer = vitkit.load(tmp_path / "w.npz", "vit_tiny_patch16_224").eval()
+    assert with_layer.config.representation_size == 48
+    torch.testing.assert_close(with_layer(images), source(images), atol=1e-5, rtol=0)
+    without = vitkit.create_model("vit_tiny_patch16_224", **TINY)
+    report = vitkit.load_checkpoint(without, tmp_path / "w.npz")
+    assert "dropped pre_logits.fc.weight" in str(report) and report.head_reset

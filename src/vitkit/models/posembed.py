@@ -56,7 +56,10 @@ def resample_pos_embed(
 
     prefix, grid = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
     dim = grid.shape[-1]
-    grid = grid.float().reshape(1, *old_grid, dim).permute(0, 3, 1, 2)  # (1, D, h, w)
+    # scipy.ndimage.zoom computes in float64; PyTorch's float32 align_corners source coordinates
+    # drift by ~1e-6 of a cell, which moves the result by a few 1e-6
+    compute_dtype = torch.float64 if method == "official" else torch.float32
+    grid = grid.to(compute_dtype).reshape(1, *old_grid, dim).permute(0, 3, 1, 2)  # (1, D, h, w)
     grid = F.interpolate(grid, size=new_grid, **_INTERPOLATE_ARGS[method])
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos.dtype)  # (1, h'*w', D)
     return torch.cat([prefix, grid], dim=1)
