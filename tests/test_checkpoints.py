@@ -342,3 +342,47 @@ def test_npz_pre_logits_are_kept_when_the_model_has_a_representation_layer(tmp_p
     without = vitkit.create_model("vit_tiny_patch16_224", **TINY)
     report = vitkit.load_checkpoint(without, tmp_path / "w.npz")
     assert "dropped pre_logits.fc.weight" in str(report) and report.head_reset
+
+
+# ---- convert from each format, then load -------------------------------------------------------
+def test_convert_from_each_foreign_format_then_load_gives_the_same_outputs(tmp_path, images):
+    import torchvision
+    import transformers
+
+    source = randomise(vitkit.create_model("vit_tiny_patch16_224", **TINY))
+    expected = source(images)
+    sd = {k: v.detach() for k, v in source.state_dict().items()}
+    # Google .npz
+    _write_npz(tmp_path / "g.npz", source)
+    # Hugging Face directory
+    from vitkit.checkpoints import huggingface
+
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(**huggingface.config_to_hf(source.config)))
+    hf.load_state_dict(huggingface.export(sd, source.config))
+    hf.save_pretrained(tmp_path / "hf")
+    # torchvision
+    tv = torchvision.models.vision_transformer.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768, num_classes=5
+    )
+    tv_sd = {"class_token": sd["cls_token"], "conv_proj.weight": sd["patch_embed.proj.weight"],
+             "conv_proj.bias": sd["patch_embed.proj.bias"], "encoder.pos_embedding": sd["pos_embed"],
+             "encoder.ln.weight": sd["norm.weight"], "encoder.ln.bias": sd["norm.bias"],
+             "heads.head.weight": sd["head.weight"], "heads.head.bias": sd["head.bias"]}  # fmt: skip
+    for i in range(2):
+        b, t = f"blocks.{i}.", f"encoder.layers.encoder_layer_{i}."
+        for ours, theirs in [("norm1", "ln_1"), ("attn.qkv", "self_attention.in_proj"), ("norm2", "ln_2"),
+                             ("attn.proj", "self_attention.out_proj"), ("mlp.fc1", "mlp.0"), ("mlp.fc2", "mlp.3")]:  # fmt: skip
+            sep = "_" if theirs.endswith("in_proj") else "."
+            tv_sd[t + theirs + sep + "weight"] = sd[b + ours + ".weight"]
+            tv_sd[t + theirs + sep + "bias"] = sd[b + ours + ".bias"]
+    tv.load_state_dict(tv_sd)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    # timm
+    torch.save(sd, tmp_path / "timm.pth")
+
+    for src, name in [("g.npz", "vit_tiny_patch16_224"), ("hf", None), ("tv.pth", "vit_tiny_patch16_224"),
+                      ("timm.pth", "ViT-Ti/16")]:  # fmt: skip
+        out = tmp_path / f"{src}.safetensors"
+        vitkit.checkpoints.load.convert_file(tmp_path / src, out, model_name=name)
+        torch.testing.assert_close(vitkit.load(out).eval()(images), expected, atol=1e-4, rtol=0, msg=src)
+    torch.testing.assert_close(tv.eval()(images), expected, atol=1e-4, rtol=0)

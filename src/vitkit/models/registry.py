@@ -121,6 +121,9 @@ ALIASES: dict[str, str] = {
     "R26+ViT-B/32": "vit_base_r26_s32_224",
     "R50+ViT-L/32": "vit_large_r50_s32_224",
     "R+ViT-Ti/16": "vit_tiny_r_s16_p8_224",
+    # torchvision's names for the same architectures
+    "vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224",
+    "vit_l_16": "vit_large_patch16_224", "vit_l_32": "vit_large_patch32_224", "vit_h_14": "vit_huge_patch14_224",
 }
 
 
