@@ -386,3 +386,26 @@ def test_convert_from_each_foreign_format_then_load_gives_the_same_outputs(tmp_p
         vitkit.checkpoints.load.convert_file(tmp_path / src, out, model_name=name)
         torch.testing.assert_close(vitkit.load(out).eval()(images), expected, atol=1e-4, rtol=0, msg=src)
     torch.testing.assert_close(tv.eval()(images), expected, atol=1e-4, rtol=0)
+
+
+def test_pretrained_hub_id_of_a_transformers_repository_and_a_local_path(tmp_path, monkeypatch, images):
+    import huggingface_hub.constants
+    import transformers
+
+    from vitkit.checkpoints import huggingface
+
+    source = randomise(vitkit.create_model("vit_tiny_patch16_224", **TINY))
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(**huggingface.config_to_hf(source.config)))
+    hf.load_state_dict(huggingface.export({k: v.detach() for k, v in source.state_dict().items()}, source.config))
+    hf.save_pretrained(tmp_path / "hf")
+    preprocessor = {"image_mean": [0.3, 0.3, 0.3], "image_std": [0.2, 0.2, 0.2], "size": {"height": 32, "width": 32}}
+    files = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    files["preprocessor_config.json"] = json.dumps(preprocessor).encode()
+    _lay_out_hub_cache(tmp_path / "hub", "someone/tiny-vit", files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    model = vitkit.create_model("vit_tiny_patch16_224", pretrained="someone/tiny-vit", local_files_only=True, **TINY)
+    assert model.config.mean == (0.3, 0.3, 0.3) and model.config.extra["pretrained_input_size"] == [32, 32]
+    torch.testing.assert_close(model.eval()(images), source(images), atol=1e-4, rtol=0)
+    from_path = vitkit.create_model("vit_tiny_patch16_224", pretrained=str(tmp_path / "hf"), **TINY).eval()
+    torch.testing.assert_close(from_path(images), source(images), atol=1e-4, rtol=0)
