@@ -118,3 +118,13 @@ def test_config_round_trips_through_dict_and_json(name: str) -> None:
     cfg = vitkit.get_config(name, representation_size=64, pool="gap", img_size=(384, 192))
     assert ViTConfig.from_dict(cfg.to_dict()) == cfg
     assert ViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_default_published_weights_follow_timms_hub_repositories() -> None:
+    from vitkit.models.registry import default_hub_id
+
+    assert default_hub_id("ViT-B/16") == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    assert default_hub_id("vit_base_patch16_224.augreg_in21k") == "timm/vit_base_patch16_224.augreg_in21k"
+    assert default_hub_id("R50+ViT-B/16") == "timm/vit_base_r50_s16_224.orig_in21k"
+    with pytest.raises(ValueError, match="no published weights are known for 'vit_nano_patch4_28'"):
+        default_hub_id("vit_nano_patch4_28")

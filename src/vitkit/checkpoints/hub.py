@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..models import VisionTransformer
-from ..models.registry import MODELS, default_hub_id, resolve_name
+from ..models.registry import default_hub_id, resolve_name
 from .load import LoadReport, load_checkpoint
 
 _FILES = ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin")
@@ -31,11 +31,10 @@ def resolve_source(source: str, local_files_only: bool = False) -> Path:
     if os.path.exists(source):
         return Path(source)
     try:
-        registered = resolve_name(source) in MODELS and "/" not in source
+        resolve_name(source)
     except ValueError:
-        registered = False
-    repo_id = default_hub_id(source) if registered else source
-    return download(repo_id, local_files_only=local_files_only)
+        return download(source, local_files_only=local_files_only)  # a Hub id
+    return download(default_hub_id(source), local_files_only=local_files_only)
 
 
 def preprocessing_from(directory: Path) -> dict[str, Any]:
