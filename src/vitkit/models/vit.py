@@ -33,6 +33,11 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        lecun_normal_(self.proj.weight)  # flax's Conv default, as the official embedding
+        nn.init.zeros_(self.proj.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
 
@@ -163,7 +168,7 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Dense kernels xavier-uniform, MLP biases N(0, 1e-6), other biases 0, E_pos N(0, 0.02),
-        class token and head 0; the patch projection lecun-normal (flax's Conv default)."""
+        class token and head 0; the patch embedding initialises itself."""
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 if name.endswith("attn.qkv"):
@@ -173,18 +178,14 @@ class VisionTransformer(nn.Module):
                 else:
                     nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
-                    if ".mlp." in f".{name}.":
+                    if "mlp" in name.split("."):
                         nn.init.normal_(module.bias, std=1e-6)
                     else:
                         nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        if isinstance(self.patch_embed, PatchEmbed):
-            lecun_normal_(self.patch_embed.proj.weight)
-            nn.init.zeros_(self.patch_embed.proj.bias)
-        else:
-            self.patch_embed.init_weights()
+        self.patch_embed.init_weights()
         nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
