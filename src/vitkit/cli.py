@@ -6,8 +6,13 @@ Machine-readable output (--json) goes to stdout; everything else to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
-from typing import Callable, Sequence
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -27,8 +32,173 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert)
 
 
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_or_none(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = parse.__name__  # argparse names the type in its error messages
+    return parse_or_none
+
+
+def _add_fields(
+    p: argparse._ActionsContainer, cls: type, flags: dict[str, str], skip: tuple[str, ...] = ()
+) -> list[str]:
+    """An option for each field of dataclass `cls` (--field-name, typed from its annotation, help from its
+    metadata), absent from the namespace unless given; returns the field names."""
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint, optional = hints[f.name], False
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint, optional = next(a for a in typing.get_args(hint) if a is not type(None)), True
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": f.metadata.get("help", "")}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is Literal:
+            kwargs["choices"] = typing.get_args(hint)
+        elif typing.get_origin(hint) is tuple:
+            element = typing.get_args(hint)[0]
+            kwargs.update(nargs="+" if optional else len(typing.get_args(hint)), metavar=element.__name__.upper(),
+                          type=_optional(element) if optional else element)  # fmt: skip
+        else:
+            kwargs["type"] = _optional(hint) if optional else hint
+        p.add_argument(flags.get(f.name, "--" + f.name.replace("_", "-")), **kwargs)
+        names.append(f.name)
+    return names
+
+
+def _given(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The options given on the command line; a tuple option given as 'none' is None."""
+    given = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    return {n: None if isinstance(v, list) and None in v else v for n, v in given.items()}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import NonFiniteLoss, fit, make_config
+
+    cfg = make_config(_given(args, args.recipe_fields), **_given(args, args.run_fields))
+    try:
+        result = fit(cfg)
+    except NonFiniteLoss as e:
+        print(f"vitkit train: error: {e}", file=sys.stderr)
+        return 1
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import Recipe, TrainConfig
+
+    p = sub.add_parser("train", help="train or fine-tune a ViT; a run directory with checkpoints, metrics, plots")
+    run = p.add_argument_group("run")
+    run_fields = _add_fields(run, TrainConfig, {"recipe_name": "--recipe"}, skip=("recipe",))
+    recipe = p.add_argument_group("recipe fields (override the recipe's)")
+    recipe_fields = _add_fields(recipe, Recipe, {})
+    p.set_defaults(func=_train, run_fields=run_fields, recipe_fields=recipe_fields)
+
+
+def _load_model(path: str, device: str | None) -> Any:
+    import torch
+
+    from .checkpoints.load import load
+
+    model = load(path)
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
+    from .data import load_data
+    from .evaluate import eval_loader, evaluate, plot_confusion
+
+    model = _load_model(args.checkpoint, args.device)
+    data = load_data(args.data, args.data_root)
+    dataset = data.split(args.split)
+    if args.limit:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    if model.config.num_classes != len(data.classes):
+        raise ValueError(f"the checkpoint has {model.config.num_classes} classes, {data.name} has {len(data.classes)}")
+    device = next(model.parameters()).device
+    loader = eval_loader(dataset, model.config, data.channels, args.batch_size, args.workers)
+    ev = evaluate(model, loader, len(data.classes), device, args.precision)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(ev.confusion, data.classes, out / f"confusion-{args.split}.png")
+    report = {**ev.to_dict(data.classes), "checkpoint": args.checkpoint, "data": data.name, "split": args.split,
+              "confusion_png": str(png)}  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{data.name} {args.split}: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images (loss {ev.loss:.4f})")
+    for name, acc in report["per_class"].items():
+        print(f"  {name:>24}: {acc:.2%}")
+    print(f"confusion matrix: {png}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 and per-class accuracy of a checkpoint; a confusion-matrix PNG")
+    p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
+    p.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, ...")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class, ...)")
+    p.add_argument("--out", help="where to write confusion-<split>.png (default: the checkpoint's folder)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_eval)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .evaluate import predict_files
+    from .evaluate.predict import checkpoint_classes
+
+    if args.topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {args.topk}")
+    model = _load_model(args.checkpoint, args.device)
+    predictions = predict_files(model, args.images, checkpoint_classes(args.checkpoint), args.topk)
+    for p in predictions:
+        if p.error is not None:
+            print(f"vitkit predict: error: {p.image}: {p.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"predictions": [p.to_dict() for p in predictions]}))
+    else:
+        for p in predictions:
+            if p.error is None:
+                print(f"{p.image}: " + ", ".join(f"{name} {prob:.1%}" for name, prob in p.top))
+    return 1 if any(p.error is not None for p in predictions) else 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("--checkpoint", required=True, help="vitkit .safetensors written by `vitkit train`")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help='print one JSON object: {"predictions": [...]}')
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_predict)
+
+
 # Each subcommand registers itself here: a function that adds its parser and sets `func`.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
+def _add_others(sub: argparse._SubParsersAction) -> None:
+    """fewshot, analyze, export and bench: their parsers live beside their code."""
+    from .analysis.cli import add_analyze_parser, add_fewshot_parser
+    from .bench import add_parser as add_bench_parser
+    from .export import add_parser as add_export_parser
+
+    for add in (add_fewshot_parser, add_analyze_parser, add_export_parser, add_bench_parser):
+        add(sub)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_eval, _add_predict, _add_others, _add_convert,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

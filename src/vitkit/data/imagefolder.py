@@ -1,0 +1,64 @@
+"""An ImageFolder that skips images it cannot decode, names them in a warning, and counts them."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+_DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def _header_ok(path: str) -> bool:
+    """Cheap check at indexing time: PIL recognises the file and its structure verifies (whole-file
+    CRCs for PNG). Truncated JPEG data is only found when decoding; __getitem__ handles that."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except _DECODE_ERRORS:
+        return False
+
+
+class TolerantImageFolder(ImageFolder):
+    """torchvision's ImageFolder (root/class_name/*.jpg, ...), images as RGB PIL images.
+
+    Files with an image extension that cannot be decoded are left out with a warning naming each;
+    `skipped` lists them. One that fails only when decoded is replaced by the next image of the folder.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        root = Path(root)
+        class_dirs = sorted(d.name for d in os.scandir(root) if d.is_dir()) if root.is_dir() else []
+        if not class_dirs:
+            raise ValueError(f"imagefolder: {root} has no class folders (expected {root}/CLASS_NAME/IMAGE.jpg)")
+        self.skipped: list[str] = []
+        super().__init__(str(root), is_valid_file=self._check_file, allow_empty=True)
+        if not self.samples:
+            raise ValueError(f"imagefolder: no decodable images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+
+    def _check_file(self, path: str) -> bool:
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        if _header_ok(path):
+            return True
+        warnings.warn(f"skipping {path}: not a decodable image", stacklevel=2)
+        self.skipped.append(path)
+        return False
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            try:
+                return super().__getitem__(i)
+            except _DECODE_ERRORS as e:
+                path = self.samples[i][0]
+                if path not in self.skipped:
+                    warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+                    self.skipped.append(path)
+        raise ValueError(f"imagefolder: no image under {self.root} could be decoded")

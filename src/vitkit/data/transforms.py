@@ -1,0 +1,87 @@
+"""Preprocessing with torchvision.transforms.v2: the paper's inception crop and flip, DeiT's RandAugment,
+random erasing and Mixup/CutMix, normalisation to the range the weights expect ([-1, 1] in the paper).
+
+Per-image transforms map a PIL image or a uint8 (C, H, W) image to a float (C', H', W') tensor;
+`batch_mix` maps a batch (B, C, H, W) with labels (B,) to mixed images and soft labels (B, K).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from ..models import ViTConfig
+
+
+def per_channel(values: Sequence[float], channels: int) -> list[float]:
+    """Mean/std given for another number of channels (a 3-channel config on 1-channel inputs): the average."""
+    if len(values) == channels:
+        return list(values)
+    return [sum(values) / len(values)] * channels
+
+
+def _match_channels(data_channels: int, model_channels: int) -> list[v2.Transform]:
+    """Grayscale data into an RGB model repeats the channel; RGB data into a grayscale model takes luma."""
+    if data_channels == model_channels:
+        return []
+    if model_channels in (1, 3):
+        return [v2.Grayscale(num_output_channels=model_channels)]
+    raise ValueError(f"cannot feed {data_channels}-channel images to a model with in_chans={model_channels}")
+
+
+def _finish(cfg: ViTConfig, data_channels: int) -> list[v2.Transform]:
+    C = cfg.in_chans
+    return _match_channels(data_channels, C) + [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(per_channel(cfg.mean, C), per_channel(cfg.std, C)),
+    ]
+
+
+def train_transform(
+    cfg: ViTConfig,
+    data_channels: int,
+    crop_scale: tuple[float, float] = (0.05, 1.0),
+    hflip: bool = True,
+    randaugment: tuple[int, int] | None = None,
+    random_erasing: float = 0.0,
+) -> v2.Compose:
+    """Inception crop (area fraction in `crop_scale`) resized to cfg.img_size, optional horizontal flip,
+    RandAugment(num_ops, magnitude), normalisation, random erasing with probability `random_erasing`."""
+    ops: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(cfg.img_size, scale=crop_scale, interpolation=v2.InterpolationMode(cfg.interpolation),
+                             antialias=True),
+    ]  # fmt: skip
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if randaugment is not None:
+        ops.append(v2.RandAugment(num_ops=randaugment[0], magnitude=randaugment[1]))
+    ops += _finish(cfg, data_channels)
+    if random_erasing > 0:
+        ops.append(v2.RandomErasing(p=random_erasing))
+    return v2.Compose(ops)
+
+
+def eval_transform(cfg: ViTConfig, data_channels: int) -> v2.Compose:
+    """Resize to img_size / crop_pct, centre crop to img_size, normalise."""
+    H, W = cfg.img_size
+    resize = (round(H / cfg.crop_pct), round(W / cfg.crop_pct))
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resize, interpolation=v2.InterpolationMode(cfg.interpolation), antialias=True),
+        v2.CenterCrop(cfg.img_size),
+        *_finish(cfg, data_channels),
+    ])  # fmt: skip
+
+
+def batch_mix(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | None:
+    """Mixup and/or CutMix with Beta(alpha, alpha) mixing weights, one of them chosen per batch (DeiT).
+    (images (B, C, H, W), labels (B,)) -> (images, soft labels (B, num_classes)); None when both are off."""
+    mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
+    )
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

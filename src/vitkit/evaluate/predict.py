@@ -1,0 +1,85 @@
+"""Top-k predictions for image files, with the class names a training run stores in its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from ..data import eval_transform
+from ..models import VisionTransformer
+
+CLASSES_KEY = "classes"  # checkpoint metadata: a JSON list of class names, index = class id
+
+
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string entries of a .safetensors file's header; empty for other files and directories."""
+    path = Path(path)
+    if path.is_dir() or path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names a training run stored in its checkpoint, if any."""
+    names = checkpoint_metadata(path).get(CLASSES_KEY)
+    return json.loads(names) if names else None
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image, best first, as (name, probability); or why it could not be read."""
+
+    image: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "top": [{"class": c, "prob": p} for c, p in self.top]}
+
+
+def _read_image(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+@torch.no_grad()
+def predict_files(
+    model: VisionTransformer,
+    paths: list[str],
+    classes: list[str] | None = None,
+    topk: int = 5,
+    batch_size: int = 64,
+) -> list[Prediction]:
+    """Classify each image file (resized and centre-cropped as the model's config says); a file that
+    cannot be decoded gets a Prediction with `error` set, the others are still classified."""
+    cfg = model.config
+    names = classes or [f"class_{i}" for i in range(cfg.num_classes)]
+    if len(names) != cfg.num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
+    transform = eval_transform(cfg, data_channels=3)
+    device = next(model.parameters()).device
+    model.eval()
+    results, batch = [], []
+    for path in paths:
+        try:
+            results.append(Prediction(path))
+            batch.append((results[-1], transform(_read_image(path))))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            results[-1].error = f"cannot read image: {e}"
+    k = min(topk, cfg.num_classes)
+    for start in range(0, len(batch), batch_size):
+        chunk = batch[start : start + batch_size]
+        probs = model(torch.stack([x for _, x in chunk]).to(device)).float().softmax(dim=-1)  # (B, K)
+        values, indices = probs.topk(k, dim=-1)
+        for (pred, _), v, i in zip(chunk, values.tolist(), indices.tolist()):
+            pred.top = [(names[c], p) for c, p in zip(i, v)]
+    return results

@@ -1,0 +1,124 @@
+"""A training run's configuration: what to train on what (model, data, recipe) and how to run it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from ..data import dataset_defaults
+from ..models.posembed import ResampleMethod
+from ..precision import Precision
+from .recipes import Recipe, get_recipe, option, recipe_from_dict
+
+
+DATASETS_HELP = "fashion_mnist, mnist5k, digits, imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written, fully resolved, to the run directory as config.yaml."""
+
+    data: str = field(metadata={"help": DATASETS_HELP})
+    model: str | None = option(None, "registered model name (default: the dataset's)")
+    recipe_name: str | None = option(None, "a recipe's name or a .yaml file of recipe fields (default: the dataset's)")
+    recipe: Recipe | None = None
+    patch_size: int | None = option(None, "override the model's patch size")
+    in_chans: int | None = option(None, "model input channels (default: the model's)")
+    init_from: str | None = option(None, "start from these weights (any supported format)")
+    pos_method: ResampleMethod | None = option(None, "position-embedding resampling for init_from")
+    out: str | None = option(None, "run directory (default: runs/<data>-<model>-<time>)")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    precision: Precision = option("fp32", "fp32, or bf16/fp16 autocast")
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(0, "seed of initialisation, data order and augmentation")
+    micro_batch: int | None = option(None, "images per forward pass and process (accumulate up to batch_size)")
+    workers: int | None = option(None, "data-loading processes per training process")
+    checkpoint_every: int = option(500, "write a resumable checkpoint every N steps (and at the end)")
+    log_every: int = option(10, "record training loss every N steps")
+    limit_train: int | None = option(None, "use only the first N training images")
+    limit_eval: int | None = option(None, "evaluate on only the first N test images")
+    data_root: str | None = option(None, "where datasets are unpacked/downloaded")
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "in_chans", "micro_batch", "checkpoint_every", "log_every", "limit_train", "limit_eval"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config fields {unknown}")
+        recipe = d.get("recipe")
+        return cls(**{**d, "recipe": recipe_from_dict(recipe) if isinstance(recipe, dict) else recipe})
+
+
+# Fields that only change how a run executes, not what it computes: they may differ on --resume.
+EXECUTION_FIELDS = ("resume", "workers", "progress", "device", "data_root", "log_every", "checkpoint_every", "compile")
+
+
+def read_run_config(out: str | Path) -> TrainConfig:
+    """The `train` section of a run directory's config.yaml."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    return TrainConfig.from_dict(yaml.safe_load(path.read_text())["train"])
+
+
+def check_resumable(saved: TrainConfig, current: TrainConfig) -> None:
+    """A resumed run must compute what the interrupted one would have: one-line error naming a difference."""
+    a, b = saved.to_dict(), current.to_dict()
+    for key in a:
+        if key in EXECUTION_FIELDS:
+            continue
+        if key == "recipe":
+            for k in (k for k in a[key] if a[key][k] != b[key][k]):
+                now, then = b[key][k], a[key][k]
+                raise ValueError(f"--resume: recipe field {k} is {now!r}, the run in {current.out} used {then!r}")
+        elif a[key] != b[key]:
+            raise ValueError(f"--resume: {key} is {b[key]!r}, the run in {current.out} used {a[key]!r}")
+
+
+def with_defaults(cfg: TrainConfig, **recipe_overrides: Any) -> TrainConfig:
+    """`cfg` with the dataset's default model and recipe where none is given, and `recipe_overrides`
+    applied to the recipe."""
+    default_recipe, default_model = dataset_defaults(cfg.data)
+    if "epochs" in recipe_overrides and "steps" not in recipe_overrides:
+        recipe_overrides = {**recipe_overrides, "steps": None}  # a recipe's own steps would win over these epochs
+    if cfg.recipe is None:
+        name = cfg.recipe_name or default_recipe
+        recipe, recipe_name = get_recipe(name, **recipe_overrides), name
+    else:
+        recipe, recipe_name = cfg.recipe.replace(**recipe_overrides), cfg.recipe_name or "custom"
+    return dataclasses.replace(cfg, model=cfg.model or default_model, recipe=recipe, recipe_name=recipe_name)
+
+
+def make_config(recipe_overrides: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:
+    """The config of a run from the fields given (TrainConfig's and the recipe's); the rest comes from
+    the dataset's defaults, or, with resume=True, from the run directory's config.yaml."""
+    if fields.get("resume"):
+        if not fields.get("out"):
+            raise ValueError("--resume needs --out DIR, the run directory to continue")
+        saved = read_run_config(fields["out"])
+        resumed = TrainConfig.from_dict({**saved.to_dict(), **fields, "recipe": saved.recipe})
+        cfg = with_defaults(resumed, **(recipe_overrides or {}))
+        check_resumable(saved, cfg)
+        return cfg
+    if not fields.get("data"):
+        raise ValueError("no dataset given: --data NAME (one of fashion_mnist, mnist5k, digits, imagefolder:PATH, ...)")
+    return with_defaults(TrainConfig(**fields), **(recipe_overrides or {}))

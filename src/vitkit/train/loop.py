@@ -1,0 +1,348 @@
+"""The training loop: build everything from a TrainConfig, train, evaluate every epoch, checkpoint.
+
+Reproducibility: the global torch generator (dropout, stochastic depth, Mixup/CutMix) is re-seeded
+from (seed, step, rank) at every optimiser step, and each image's augmentation from (seed, epoch,
+index) (vitkit.data.loader). A run resumed from a checkpoint therefore repeats, on CPU bit for bit,
+what the uninterrupted run would have done; and K processes each given batch_size / K images see the
+images that one process would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from .. import create_model
+from ..checkpoints.io import save
+from ..checkpoints.load import load_checkpoint
+from ..data import (
+    DataSource, ResumableSampler, SeededTransform, batch_mix, load_data, make_loader, mix_seed, per_channel,
+    train_transform,
+)  # fmt: skip
+from ..evaluate import Evaluation, eval_loader, evaluate
+from ..evaluate.predict import CLASSES_KEY, checkpoint_metadata
+from ..models import VisionTransformer, get_config
+from ..precision import autocast
+from . import distributed
+from .config import TrainConfig, with_defaults
+from .ema import ModelEMA
+from .optim import build_optimizer
+from .recipes import Recipe
+from .runlog import RunLog
+from .schedule import lr_factor
+from .state import load_state, save_state
+
+LAST, BEST, FINAL = "last.safetensors", "best.safetensors", "model.safetensors"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    checkpoint: Path  # the final weights (the EMA's when the recipe keeps one)
+    evaluation: Evaluation | None
+    best_top1: float | None
+    skipped_images: int
+
+    def summary(self) -> str:
+        lines = [f"run directory: {self.out_dir}", f"checkpoint: {self.checkpoint} (after {self.steps} steps)"]
+        if self.evaluation is not None:
+            ev = self.evaluation
+            lines.append(f"test accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
+        if self.best_top1 is not None:
+            lines.append(f"best top-1: {self.best_top1:.2%} ({self.out_dir / BEST})")
+        lines.append(f"metrics: {self.out_dir / 'metrics.jsonl'}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
+        if self.skipped_images:
+            lines.append(f"skipped {self.skipped_images} undecodable images (named in the warnings above)")
+        return "\n".join(lines)
+
+
+def _resolve(cfg: TrainConfig, procs: distributed.Processes) -> TrainConfig:
+    """Fill in the defaults that depend on the dataset and the run directory (the same on every process)."""
+    if cfg.recipe is None or cfg.model is None:
+        cfg = with_defaults(cfg)
+    get_config(cfg.model)  # an unknown name fails here, before any work
+    if cfg.out is None:
+        if cfg.resume:
+            raise ValueError("--resume needs --out DIR, the run directory to continue")
+        stamp = procs.broadcast(time.strftime("%Y%m%d-%H%M%S"))
+        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.data.split(':')[0]}-{cfg.model}-{stamp}")
+    return cfg
+
+
+def _limit(dataset: torch.utils.data.Dataset, n: int | None) -> torch.utils.data.Dataset:
+    return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
+
+
+def _build_model(cfg: TrainConfig, data: DataSource) -> VisionTransformer:
+    recipe = cfg.recipe
+    base = get_config(cfg.model)
+    in_chans = cfg.in_chans or base.in_chans
+    overrides: dict[str, Any] = dict(
+        num_classes=len(data.classes), in_chans=in_chans, dropout=recipe.dropout, drop_path=recipe.drop_path,
+        mean=tuple(per_channel(base.mean, in_chans)), std=tuple(per_channel(base.std, in_chans)),
+    )  # fmt: skip
+    if cfg.patch_size:
+        overrides["patch_size"] = cfg.patch_size
+    if recipe.img_size:
+        overrides["img_size"] = recipe.img_size
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, **overrides)
+
+
+def _workers(cfg: TrainConfig, procs: distributed.Processes) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    return max(1, min(8, (os.cpu_count() or 2) // procs.world_size - 1))
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy against class indices (B,) or soft labels (B, K) from Mixup/CutMix."""
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
+def train_step(
+    model: nn.Module,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    recipe: Recipe,
+    cfg: TrainConfig,
+    procs: distributed.Processes,
+    mix: Any,
+) -> torch.Tensor:
+    """One optimiser step over the accumulated micro-batches; returns the loss averaged over all of
+    this step's images (and processes), before the update."""
+    accum, device = len(micro_batches), procs.device
+    total = torch.zeros((), device=device)
+    for i, (images, labels) in enumerate(micro_batches):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if mix is not None:
+            images, labels = mix(images, labels)
+        last = i == accum - 1
+        # accumulate locally, all-reduce once per step (a compiled DDP model all-reduces every micro-batch)
+        sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
+        with sync:
+            with autocast(device, cfg.precision):
+                loss = _loss(model(images), labels, recipe.label_smoothing)
+            scaler.scale(loss / accum).backward()
+        total += loss.detach()
+    loss = procs.mean(total / accum)
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+    if recipe.clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _write_config(cfg: TrainConfig, model: VisionTransformer, data: DataSource, extra: dict[str, Any]) -> None:
+    """config.yaml: the run, the recipe, the model's config and what was derived, all resolved."""
+    doc = {
+        "train": cfg.to_dict(),
+        "model": model.config.to_dict(),
+        "data": {"name": data.name, "classes": data.classes, "channels": data.channels},
+        **extra,
+    }
+    plain = json.loads(json.dumps(doc))  # tuples -> lists, for safe_dump
+    (Path(cfg.out) / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def fit(cfg: TrainConfig) -> TrainResult:
+    """Train as `cfg` says (launched by torchrun: one of several processes); returns where things are."""
+    procs = distributed.start(cfg.device)
+    try:
+        return _fit(cfg, procs)
+    finally:
+        distributed.stop(procs)
+
+
+def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
+    cfg = _resolve(cfg, procs)
+    data = load_data(cfg.data, cfg.data_root)
+    recipe, device, main = cfg.recipe, procs.device, procs.is_main
+    say = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
+    out = Path(cfg.out)
+    if not cfg.resume and (out / LAST).exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # ---- model, data, optimiser --------------------------------------------------------------
+    model = _build_model(cfg, data)
+    if cfg.init_from and not cfg.resume:
+        report = load_checkpoint(model, cfg.init_from, pos_method=cfg.pos_method)
+        if recipe.reset_head and not report.head_reset:
+            model.reset_head()
+            report.notes.append("head re-initialised to zeros (the paper's fine-tuning head)")
+        say(str(report))
+    model.to(device)
+    mcfg = model.config
+
+    if recipe.batch_size % procs.world_size:
+        raise ValueError(f"batch_size {recipe.batch_size} is not divisible by the {procs.world_size} processes")
+    per_rank = recipe.batch_size // procs.world_size
+    micro = cfg.micro_batch or per_rank
+    if per_rank % micro:
+        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
+    accum = per_rank // micro
+
+    train_set = _limit(data.train, cfg.limit_train)
+    hflip = recipe.hflip and data.hflip
+    transform = train_transform(
+        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing
+    )
+    train_data = SeededTransform(train_set, transform, seed=cfg.seed)
+    sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
+    workers = _workers(cfg, procs)
+    loader = make_loader(train_data, micro, sampler, workers, drop_last=True, pin_memory=device.type == "cuda")
+    steps_per_epoch = sampler.num_samples // per_rank
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(train_set)} training images")
+    if recipe.steps is None and recipe.epochs is None:
+        raise ValueError("the run length is not set: give --steps or --epochs")
+    total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
+    test_loader = eval_loader(_limit(data.test, cfg.limit_eval), mcfg, data.channels, batch_size=256, workers=workers)
+
+    optimizer = build_optimizer(model, recipe)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    mix = batch_mix(recipe.mixup, recipe.cutmix, len(data.classes))
+
+    # ---- resume ----------------------------------------------------------------------------
+    step, best_top1, elapsed = 0, None, 0.0
+    if cfg.resume:
+        state = load_state(out / LAST)
+        load_checkpoint(model, out / LAST)
+        if state["step"] != int(checkpoint_metadata(out / LAST).get("step", -1)):
+            raise ValueError(f"cannot resume: {out / LAST} and its state file are from different steps")
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        if state["total_steps"] != total_steps:
+            was = state["total_steps"]
+            raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
+        step, best_top1, elapsed = state["step"], state["best_top1"], state["elapsed"]
+        say(f"resuming {out} at step {step} of {total_steps}")
+    if main:
+        _write_config(cfg, model, data, {"derived": {
+            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
+            "micro_batch": micro, "world_size": procs.world_size, "workers": workers,
+            "train_images": len(train_set), "test_images": len(test_loader.dataset),
+        }})  # fmt: skip
+    procs.barrier()
+
+    train_model: nn.Module = model
+    if procs.distributed:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    log = RunLog(out, enabled=main, resume_step=step if cfg.resume else None)
+    meta = {CLASSES_KEY: json.dumps(data.classes), "dataset": data.name}
+
+    def eval_model() -> VisionTransformer:
+        return ema.module if ema is not None else model
+
+    def checkpoint(at: int) -> None:
+        if not main:
+            return
+        save_state(out / LAST, {
+            "step": at, "total_steps": total_steps, "best_top1": best_top1, "elapsed": elapsed + time.time() - t0,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+        })  # fmt: skip
+        save(model, out / LAST, metadata={**meta, "step": str(at)})
+
+    last_eval: Evaluation | None = None
+
+    def run_eval(at: int) -> None:
+        nonlocal best_top1, last_eval
+        if main:
+            last_eval = evaluate(eval_model(), test_loader, len(data.classes), device, cfg.precision)
+            log.write({
+                "step": at, "epoch": at / steps_per_epoch, "eval_top1": last_eval.top1, "eval_top5": last_eval.top5,
+                "eval_loss": last_eval.loss, "time_s": elapsed + time.time() - t0,
+            })  # fmt: skip
+            if best_top1 is None or last_eval.top1 > best_top1:
+                best_top1 = last_eval.top1
+                save(eval_model(), out / BEST, metadata={**meta, "step": str(at), "top1": str(best_top1)})
+            log.plot()
+            say(f"step {at}: test top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, loss {last_eval.loss:.4f}")
+        procs.barrier()
+
+    # ---- the loop ----------------------------------------------------------------------------
+    t0 = time.time()
+    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (main and cfg.progress), dynamic_ncols=True)
+    model.train()
+    busy = 0.0  # seconds spent loading and training, for images/s
+    tick_busy, tick_step, evaluated_at = busy, step, None
+    try:
+        while step < total_steps:
+            epoch, position = divmod(step, steps_per_epoch)
+            sampler.set_position(epoch, position * per_rank)
+            train_data.set_epoch(epoch)
+            batches = iter(loader)
+            for _ in range(position, min(steps_per_epoch, position + total_steps - step)):
+                started = time.time()
+                lr = recipe.lr * lr_factor(step, total_steps, recipe.warmup, recipe.decay)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # dropout, stochastic depth, Mixup: a stream apart from the images' (seed, epoch, index)
+                torch.manual_seed(mix_seed(cfg.seed, 1 << 32, step, procs.rank))
+                micro_batches = [next(batches) for _ in range(accum)]
+                loss = train_step(train_model, micro_batches, optimizer, scaler, recipe, cfg, procs, mix)
+                if not torch.isfinite(loss):
+                    kept = f"the last good checkpoint is {out / LAST}" if (out / LAST).exists() else "no checkpoint yet"
+                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1}; stopping ({kept})")
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                busy += time.time() - started
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    speed = (step - tick_step) * recipe.batch_size / max(busy - tick_busy, 1e-9)
+                    tick_busy, tick_step = busy, step
+                    log.write({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr,
+                               "images_per_s": speed, "time_s": elapsed + time.time() - t0})  # fmt: skip
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
+                if step % steps_per_epoch == 0:
+                    run_eval(step)
+                    evaluated_at = step
+                if step % cfg.checkpoint_every == 0 or step == total_steps:
+                    checkpoint(step)
+        bar.close()
+        if evaluated_at != step:
+            run_eval(step)
+        final = out / FINAL
+        if main:
+            save(eval_model(), final, metadata={**meta, "step": str(step)})
+            log.plot()
+    finally:
+        bar.close()
+        log.close()
+    return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()))

@@ -1,0 +1,190 @@
+"""Datasets, transforms and reproducible loading (vitkit.data)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+import vitkit
+from vitkit.data import (
+    ResumableSampler, SeededTransform, TolerantImageFolder, batch_mix, eval_transform, load_data, train_transform,
+)  # fmt: skip
+from vitkit.data.datasets import DEBIAN_FASHION_MNIST
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="apt-get install dataset-fashion-mnist",
+)
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory: pytest.TempPathFactory) -> vitkit.data.DataSource:
+    return load_data("fashion_mnist", root=tmp_path_factory.mktemp("data"))
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_reads_the_debian_files(fashion):
+    assert (len(fashion.train), len(fashion.test)) == (60000, 10000)
+    assert fashion.classes[9] == "Ankle boot" and fashion.channels == 1
+    image, label = fashion.train[0]
+    assert image.size == (28, 28) and label == 9  # the first training image of the published set
+
+
+def test_mnist5k_has_a_fixed_held_out_split():
+    a, b = load_data("mnist5k"), load_data("mnist5k")
+    assert (len(a.train), len(a.test)) == (4000, 1000)
+    assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.labels, b.test.labels)
+    assert a.test.labels.bincount(minlength=10).min() > 50  # a permutation, not the class-sorted tail
+    assert not a.hflip
+
+
+def test_digits_are_8x8_uint8_images():
+    d = load_data("digits")
+    image, label = d.test[0]
+    assert isinstance(image, tv_tensors.Image) and image.shape == (1, 8, 8) and image.dtype == torch.uint8
+    assert int(image.max()) <= 255 and 0 <= label < 10
+    assert (len(d.train), len(d.test)) == (1437, 360)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fashion", "unknown dataset 'fashion'; did you mean fashion_mnist?"),
+    ("imagefolder", "needs a path: imagefolder:PATH"),
+    ("cifar10:/no/such/dir", "cifar10: /no/such/dir does not exist"),
+])  # fmt: skip
+def test_bad_dataset_names_get_one_line_errors(spec, message):
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        load_data(spec)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cifar_folder_without_the_data_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not hold the python version"):
+        load_data(f"cifar100:{tmp_path}")
+
+
+def _png(color: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 10), (color, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_imagefolder_skips_undecodable_images_naming_them(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.png").write_bytes(_png(40 * i))
+    bad = {
+        "cat/empty.png": b"",
+        "cat/text.jpg": b"not an image at all",
+        "dog/truncated.png": _png(1)[:-30],
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "dog" / "late.jpg").write_bytes(_jpeg()[:-800])  # truncated: only decoding finds out
+    (tmp_path / "dog" / "notes.txt").write_text("not an image file name: ignored silently")
+    with pytest.warns(UserWarning) as record:
+        ds = TolerantImageFolder(tmp_path)
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in ds.skipped) == sorted(bad)
+    assert all(any(str(tmp_path / name) in str(w.message) for w in record) for name in bad)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 7
+    with pytest.warns(UserWarning, match="late.jpg"):
+        images = [ds[i] for i in range(len(ds))]
+    assert all(im.mode == "RGB" for im, _ in images)
+    assert len(ds.skipped) == 4
+
+
+def test_imagefolder_split_by_train_and_val_folders(tmp_path):
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            (tmp_path / split / cls / "x.png").write_bytes(_png(9))
+    d = load_data(f"imagefolder:{tmp_path}")
+    assert d.classes == ["a", "b"] and len(d.train) == 2 and len(d.test) == 2 and d.skipped_files() == []
+
+
+def test_empty_imagefolder_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match="has no class folders"):
+        load_data(f"imagefolder:{tmp_path}")
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "broken.png").write_bytes(b"")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="no decodable images"):
+        warnings.simplefilter("ignore")
+        load_data(f"imagefolder:{tmp_path}")
+
+
+def _gray(seed: int = 0) -> tv_tensors.Image:
+    return tv_tensors.Image(torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_train_transform_gives_normalised_model_input():
+    cfg = vitkit.get_config("vit_nano_patch4_28")
+    x = train_transform(cfg, 1, crop_scale=(0.05, 1.0), randaugment=(2, 9), random_erasing=0.25)(_gray())
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0  # the paper's [-1, 1] (mean = std = 0.5)
+
+
+def test_eval_transform_resizes_and_centre_crops():
+    cfg = vitkit.get_config("vit_test_patch4_16", crop_pct=0.875)
+    image = Image.new("L", (40, 30), 255)
+    x = eval_transform(cfg, 1)(image)
+    assert x.shape == (3, 16, 16)  # resized to 18 on the short side, cropped to 16, grey repeated to RGB
+    assert torch.allclose(x, torch.ones_like(x))
+    assert torch.equal(x, eval_transform(cfg, 1)(image))
+
+
+def test_grayscale_is_repeated_for_rgb_models_and_rgb_reduced_for_grayscale_models():
+    rgb_model = vitkit.get_config("vit_test_patch4_16", img_size=28)
+    x = eval_transform(rgb_model, 1)(_gray())
+    assert x.shape == (3, 28, 28) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    gray_model = vitkit.get_config("vit_nano_patch4_28")
+    rgb = tv_tensors.Image(_gray().repeat(3, 1, 1))
+    assert torch.allclose(eval_transform(gray_model, 3)(rgb), eval_transform(gray_model, 1)(_gray()), atol=1 / 127)
+
+
+def test_mixup_and_cutmix_give_soft_labels():
+    mix = batch_mix(0.8, 1.0, num_classes=10)
+    images, labels = mix(torch.randn(8, 1, 28, 28), torch.arange(8))
+    assert images.shape == (8, 1, 28, 28) and labels.shape == (8, 10)
+    assert torch.allclose(labels.sum(dim=1), torch.ones(8))
+    assert batch_mix(0.0, 0.0, 10) is None
+
+
+def test_seeded_transform_depends_only_on_seed_epoch_and_index():
+    images = [_gray(i) for i in range(4)]
+    data = [(im, 0) for im in images]
+    cfg = vitkit.get_config("vit_nano_patch4_28")
+    ds = SeededTransform(data, train_transform(cfg, 1, randaugment=(2, 9)), seed=3)
+    first = [ds[i][0] for i in range(4)]
+    torch.rand(5)  # the global generator's state does not matter ...
+    assert all(torch.equal(ds[i][0], first[i]) for i in reversed(range(4)))  # ... nor the order of access
+    state = torch.get_rng_state()
+    ds[0]
+    assert torch.equal(torch.get_rng_state(), state)  # and the caller's generator is left as it was
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0][0], first[0])
+
+
+def test_resumable_sampler_skips_into_the_epoch_and_shards_like_distributed_sampler():
+    data = list(range(20))
+    full = ResumableSampler(data, seed=1)
+    full.set_position(epoch=2)
+    order = list(full)
+    full.set_position(epoch=2, start=7)
+    assert list(full) == order[7:] and len(full) == 13
+    shards = [ResumableSampler(data, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
+    for s in shards:
+        s.set_position(epoch=2)
+    rank0, rank1 = (list(s) for s in shards)
+    assert rank0 == order[0::2] and rank1 == order[1::2]

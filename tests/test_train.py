@@ -1,0 +1,218 @@
+"""Training: recipes, schedules, the loop, checkpoint/resume, several processes (vitkit.train)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+import vitkit
+import vitkit.train.loop as loop
+from vitkit.checkpoints.io import save
+from vitkit.data.datasets import DEBIAN_FASHION_MNIST
+from vitkit.train import RECIPES, NonFiniteLoss, fit, get_recipe, lr_factor, make_config
+from vitkit.train.optim import param_groups
+
+pytestmark = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny(data_root: str, out: Path, recipe: dict | None = None, **run) -> vitkit.train.TrainConfig:
+    """A 2-layer ViT on 16x16 crops of a few Fashion-MNIST images; a run takes about a second."""
+    fields = dict(data="fashion_mnist", model="vit_test_patch4_16", limit_train=64, limit_eval=32, data_root=data_root,
+                  progress=False, workers=0, out=str(out))  # fmt: skip
+    return make_config({"steps": 6, "batch_size": 16, **(recipe or {})}, **{**fields, **run})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+# ---- schedules, optimisers, recipes -----------------------------------------------------------
+
+
+def test_schedule_warms_up_then_decays_to_zero_relative_to_the_run_length():
+    for total in (20, 10_000):
+        factors = [lr_factor(s, total, warmup=0.1, decay="cosine") for s in range(total)]
+        w = round(0.1 * total)
+        assert factors[w - 1] == 1.0 and factors[0] == 1 / w
+        assert all(a < b for a, b in zip(factors[:w], factors[1:w]))
+        assert factors[-1] < 0.01 and all(a >= b for a, b in zip(factors[w:], factors[w + 1 :]))
+    assert [lr_factor(s, 4, 0.0, "linear") for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+def test_weight_decay_applies_to_weight_matrices_only():
+    model = vitkit.create_model("vit_test_patch4_16")
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} >= {"pos_embed", "cls_token", "blocks.0.norm1.weight", "head.bias"}
+    assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_named_recipes_follow_the_paper():
+    pre, ft = RECIPES["paper-pretrain"], RECIPES["paper-finetune"]
+    assert (pre.optimizer, pre.betas, pre.weight_decay, pre.decay, pre.clip_grad, pre.batch_size) == (
+        "adamw", (0.9, 0.999), 0.1, "linear", 1.0, 4096)  # fmt: skip
+    assert (ft.optimizer, ft.momentum, ft.weight_decay, ft.decay, ft.clip_grad, ft.img_size) == (
+        "sgd", 0.9, 0.0, "cosine", 1.0, 384)  # fmt: skip
+    deit = RECIPES["deit"]
+    assert deit.label_smoothing and deit.drop_path and deit.randaugment and deit.mixup and deit.cutmix and deit.random_erasing
+
+
+def test_recipe_errors_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match="unknown recipe 'deit3'; did you mean deit"):
+        get_recipe("deit3")
+    with pytest.raises(ValueError, match=r"warmup is a fraction of the run, in \[0, 1\), got 2"):
+        get_recipe("deit", warmup=2)
+    (tmp_path / "r.yaml").write_text("lr: 0.5\nbogus: 1\n")
+    with pytest.raises(ValueError, match="unknown recipe fields \\['bogus'\\]"):
+        get_recipe(str(tmp_path / "r.yaml"))
+    (tmp_path / "r.yaml").write_text("lr: 0.5\noptimizer: sgd\n")
+    assert get_recipe(str(tmp_path / "r.yaml"), momentum=0.5).optimizer == "sgd"
+
+
+def test_epochs_given_override_a_recipes_steps():
+    cfg = make_config({"epochs": 2}, data="fashion_mnist", recipe_name="paper-finetune")
+    assert cfg.recipe.steps is None and cfg.recipe.epochs == 2 and cfg.model == "vit_fashion_patch7_28"
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def test_a_run_directory_holds_config_metrics_checkpoints_and_plots(data_root, tmp_path):
+    result = fit(tiny(data_root, tmp_path / "run", {"steps": 8}, log_every=2))
+    out = result.out_dir
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["recipe"]["lr"] == RECIPES["fashion-cpu"].lr and config["train"]["recipe_name"] == "fashion-cpu"
+    assert config["model"]["num_classes"] == 10 and config["derived"]["steps_per_epoch"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
+    assert [r["step"] for r in records if "eval_top1" in r] == [4, 8]  # every epoch
+    assert {"lr", "images_per_s"} <= set(records[0])
+    for name in ("last.safetensors", "last.state.pt", "best.safetensors", "model.safetensors",
+                 "loss.png", "accuracy.png", "lr.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    assert result.evaluation.n == 32 and 0 <= result.evaluation.top1 <= 1
+    assert json.loads(load_metadata(out / "model.safetensors")["classes"])[0] == "T-shirt/top"
+
+
+def load_metadata(path: Path) -> dict[str, str]:
+    from vitkit.evaluate.predict import checkpoint_metadata
+
+    return checkpoint_metadata(path)
+
+
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
+    # everything random at once: augmentation, Mixup/CutMix, stochastic depth, EMA, a worker process
+    recipe = {"steps": 11, "randaugment": (2, 9), "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1, "ema_decay": 0.9}
+    fit(tiny(data_root, tmp_path / "whole", recipe, checkpoint_every=3, workers=1))
+
+    real, calls = loop.train_step, []
+
+    def preempted_at_step_8(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:  # mid-epoch (4 steps each), two steps after the checkpoint of step 6
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", preempted_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(data_root, tmp_path / "resumed", recipe, checkpoint_every=3, workers=1))
+    monkeypatch.setattr(loop, "train_step", real)
+    fit(make_config(out=str(tmp_path / "resumed"), resume=True, progress=False))
+
+    for name in ("last.safetensors", "model.safetensors", "best.safetensors"):
+        a, b = weights(tmp_path / "whole" / name), weights(tmp_path / "resumed" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("whole", "resumed")]
+    drop_times = [[{k: v for k, v in json.loads(line).items() if k not in ("time_s", "images_per_s")} for line in ls]
+                  for ls in lines]  # fmt: skip
+    assert drop_times[0] == drop_times[1]
+
+
+def test_resume_refuses_a_different_recipe(data_root, tmp_path):
+    fit(tiny(data_root, tmp_path / "run"))
+    with pytest.raises(ValueError, match="--resume: recipe field lr is 0.5, the run in .* used 0.002"):
+        make_config({"lr": 0.5}, out=str(tmp_path / "run"), resume=True)
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        fit(tiny(data_root, tmp_path / "run"))
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(data_root, tmp_path):
+    cfg = tiny(data_root, tmp_path / "run", {"steps": 40, "lr": 1e30, "warmup": 0.0, "clip_grad": None},
+               checkpoint_every=1)  # fmt: skip
+    with pytest.raises(NonFiniteLoss, match=r"loss is (nan|inf) at step (\d+); stopping \(the last good checkpoint is") as e:
+        fit(cfg)
+    step = int(e.value.args[0].split("at step ")[1].split(";")[0])
+    assert load_metadata(tmp_path / "run" / "last.safetensors")["step"] == str(step - 1)
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run" / "last.safetensors").values())
+
+
+def test_gradient_accumulation_matches_the_whole_batch(data_root, tmp_path):
+    recipe = {"optimizer": "sgd", "lr": 0.1}
+    fit(tiny(data_root, tmp_path / "whole", recipe))
+    fit(tiny(data_root, tmp_path / "accum", recipe, micro_batch=4))
+    a, b = weights(tmp_path / "whole" / "model.safetensors"), weights(tmp_path / "accum" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bf16_autocast_trains(data_root, tmp_path):
+    result = fit(tiny(data_root, tmp_path / "run", {"steps": 2}, precision="bf16"))
+    assert all(torch.isfinite(v).all() for v in weights(result.checkpoint).values())
+
+
+def test_init_from_resamples_position_embeddings_and_zeroes_the_head(data_root, tmp_path):
+    source = vitkit.create_model("vit_test_patch4_16")  # 16x16: a 4x4 grid
+    torch.nn.init.normal_(source.head.weight)
+    save(source, tmp_path / "source.safetensors")
+    cfg = tiny(data_root, tmp_path / "run", {"steps": 1, "img_size": 32, "lr": 1e-12},
+               init_from=str(tmp_path / "source.safetensors"))  # fmt: skip
+    tuned = vitkit.load(fit(cfg).checkpoint)
+    assert tuned.config.img_size == (32, 32) and tuned.pos_embed.shape == (1, 1 + 64, 32)
+    assert torch.allclose(tuned.patch_embed.proj.weight, source.patch_embed.proj.weight, atol=1e-9)
+    assert tuned.head.weight.abs().max() < 1e-6  # the paper's zero-initialised fine-tuning head
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(data_root, tmp_path):
+    args = ["--data", "fashion_mnist", "--model", "vit_test_patch4_16", "--steps", "6", "--batch-size", "16",
+            "--limit-train", "96", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0",
+            "--randaugment", "2", "9", "--optimizer", "sgd", "--lr", "0.1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "vitkit", "train", *args, "--out", str(tmp_path / "one")]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "vitkit", "train", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    for cmd in (single, ddp):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = weights(tmp_path / "one" / "model.safetensors"), weights(tmp_path / "two" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+    assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["derived"]["world_size"] == 2
+
+
+def test_training_on_an_image_folder_skips_and_counts_undecodable_images(tmp_path):
+    for i, cls in enumerate(("circle", "square", "zigzag")):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for j in range(6):
+            Image.new("RGB", (20 + j, 18), (80 * i, 40 * j, 0)).save(tmp_path / "data" / cls / f"{j}.png")
+    (tmp_path / "data" / "square" / "zero.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match="zero.jpg"):
+        result = fit(make_config({"steps": 2, "batch_size": 4}, data=f"imagefolder:{tmp_path / 'data'}",
+                                 model="vit_test_patch4_16", out=str(tmp_path / "run"), progress=False, workers=0))  # fmt: skip
+    assert result.skipped_images == 1 and "skipped 1 undecodable images" in result.summary()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["recipe_name"] == "deit"
+    assert vitkit.load(result.checkpoint).config.num_classes == 3
