@@ -1,0 +1,481 @@
+"""Throughput, latency, peak memory and FLOP utilisation of a model, side by side with timm.
+
+Conventions:
+- FLOPs = 2 · multiply-accumulates, counted for matmuls and convolutions only, as
+  `torch.utils.flop_counter` counts them; softmax, LayerNorm, GELU and elementwise ops are left out.
+- A training step (forward, backward, AdamW) costs 3× the forward: the backward computes a gradient
+  for each matmul's input and for its weight. The patch embedding's input gradient (the images')
+  is never computed, so its share counts twice, not three times.
+- Peak memory on CPU is the peak resident set size (Linux's VmHWM) above the RSS just before the
+  weights are loaded: weights, activations, gradients, optimiser state and workspaces, not the
+  libraries (importing timm alone adds ~200 MB). On CUDA it is `max_memory_allocated`. Each row is measured in
+  a fresh process by default, so that memory one row freed cannot be reused by the next.
+- The machine's peak is the best rate of a large square `torch.matmul` in the row's compute dtype
+  (bf16 for bf16 autocast), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import ViTConfig, VisionTransformer, get_config
+from .precision import DTYPES, Precision, autocast
+
+Mode = Literal["infer", "train"]
+Runtime = Literal["torch", "onnxruntime"]
+Library = Literal["vitkit", "timm"]
+DeviceType = Literal["cpu", "cuda"]
+
+FP32_ATOL = 1e-4  # largest |vitkit - timm| accepted in fp32
+LOW_PRECISION_RTOL = 1e-2  # largest ‖vitkit - timm‖ / ‖timm‖ accepted in bf16 / fp16
+
+
+# ---- FLOPs, from the config ----------------------------------------------------------------------
+def forward_flops(cfg: ViTConfig) -> int:
+    """FLOPs (2·MACs) of one image's forward pass: patch embedding, per layer qkv, q kᵀ, softmax·v,
+    proj and the two MLP layers, then the pre-logits layer and the head."""
+    if cfg.is_hybrid:
+        raise ValueError(
+            f"{cfg.name or 'this model'} is a hybrid: FLOPs are counted analytically for plain ViTs only "
+            f"(count a hybrid with torch.utils.flop_counter.FlopCounterMode)"
+        )
+    N, T = cfg.grid_size[0] * cfg.grid_size[1], cfg.num_prefix_tokens + cfg.grid_size[0] * cfg.grid_size[1]
+    D, M = cfg.embed_dim, cfg.mlp_dim
+    patch = 2 * N * D * cfg.in_chans * cfg.patch_size**2
+    attention = 2 * T * D * 3 * D + 2 * (2 * T * T * D) + 2 * T * D * D  # qkv; q kᵀ and a·v over all heads; proj
+    mlp = 2 * (2 * T * D * M)
+    head = 2 * D * (cfg.representation_size or 0) + 2 * cfg.num_features * cfg.num_classes
+    return patch + cfg.depth * (attention + mlp) + head
+
+
+def step_flops(cfg: ViTConfig, mode: Mode) -> int:
+    """FLOPs of one image's inference, or of its training step: 3× the forward less the images' gradient."""
+    forward = forward_flops(cfg)
+    if mode == "infer":
+        return forward
+    patch = 2 * cfg.grid_size[0] * cfg.grid_size[1] * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
+    return 3 * forward - patch
+
+
+# ---- the machine ---------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype, device: str | torch.device = "cpu", min_seconds: float = 0.05, max_n: int = 8192
+) -> float:
+    """Best GFLOP/s of an n×n `torch.matmul` in `dtype`; n doubles from 256 until one product takes
+    `min_seconds` (or n reaches `max_n`), so slow dtypes are measured quickly and fast ones at size."""
+    device = torch.device(device)
+    n = 256
+    while True:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        a @ b
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        if time.perf_counter() - start >= min_seconds or n >= max_n:
+            break
+        n *= 2
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+@contextlib.contextmanager
+def _num_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _proc_status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 2**10
+
+
+def _reset_peak_memory(device: torch.device) -> float:
+    """Start a new peak; returns the baseline (MB) that `_peak_memory_mb` counts from: 0 on CUDA,
+    where the allocator counts tensors only, the current RSS on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0.0
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        f.write("5")
+    return _proc_status_mb("VmRSS")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _proc_status_mb("VmHWM")
+
+
+# ---- the models ----------------------------------------------------------------------------------
+def bench_model(model_name: str, img_size: int | None = None, seed: int = 0) -> VisionTransformer:
+    """`model_name` with seeded random weights; the head, zero at init, gets random weights too, so
+    that logits differ between images and comparisons of outputs mean something."""
+    torch.manual_seed(seed)
+    model = VisionTransformer(get_config(model_name, **({"img_size": img_size} if img_size else {})))
+    if isinstance(model.head, nn.Linear):
+        nn.init.normal_(model.head.weight, std=model.config.num_features**-0.5)
+    return model
+
+
+def _timm_vit(cfg: ViTConfig) -> nn.Module:
+    """timm's VisionTransformer of `cfg`'s architecture, its weights left uninitialised."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+    except ImportError:
+        raise ValueError("--compare timm needs timm: pip install timm") from None
+    if cfg.is_hybrid or cfg.representation_size:
+        raise ValueError(f"--compare timm covers plain ViTs without a pre-logits layer; {cfg.name} is not one")
+    return TimmViT(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+        global_pool="token" if cfg.pool == "token" else "avg", fc_norm=False,  # vitkit's gap pools after the norm
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, dynamic_img_size=cfg.dynamic_img_size,
+        norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps), weight_init="skip",
+    )  # fmt: skip
+
+
+def timm_twin(model: VisionTransformer) -> nn.Module:
+    """timm's VisionTransformer of the same architecture, holding `model`'s weights (same device/dtype)."""
+    p = next(model.parameters())
+    with torch.device("meta"):
+        twin = _timm_vit(model.config)
+    twin.load_state_dict(model.state_dict(), assign=True)
+    return twin.to(device=p.device, dtype=p.dtype).train(model.training)
+
+
+def check_agreement(
+    model: VisionTransformer, precision: Precision, mode: Mode, device: torch.device, batch_size: int = 4
+) -> float:
+    """Run `model` and its timm twin as the benchmark runs them (low-precision weights for inference,
+    fp32 weights under autocast for training) on the same images; compare tokens after the final norm
+    and logits. `model` is moved (and cast) in place. Returns max |vitkit - timm|; raises if it exceeds
+    1e-4 in fp32, or the relative error exceeds 1e-2."""
+    model = model.to(device).eval()
+    if mode == "infer" and precision != "fp32":
+        model = model.to(DTYPES[precision])
+    twin = timm_twin(model).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch_size, model.config.in_chans, *model.config.img_size, generator=g)
+    x = x.to(device=device, dtype=next(model.parameters()).dtype)
+    with torch.inference_mode(), autocast(device, precision if mode == "train" else "fp32"):
+        ours, theirs = model.forward_features(x), twin.forward_features(x)  # (B, T, D) after the final norm
+        pairs = [(ours, theirs), (model.forward_head(ours), twin.forward_head(theirs))]
+    worst, rel = 0.0, 0.0
+    for a, b in pairs:
+        diff = a.float() - b.float()
+        worst = max(worst, diff.abs().max().item())
+        rel = max(rel, (diff.norm() / b.float().norm().clamp_min(1e-12)).item())
+    if (precision == "fp32" and not worst <= FP32_ATOL) or not rel <= LOW_PRECISION_RTOL:
+        raise RuntimeError(
+            f"vitkit and timm disagree on {model.config.name} ({precision}, {mode}): max |diff| {worst:.3g}, "
+            f"relative {rel:.3g}"
+        )
+    return worst
+
+
+# ---- one row, measured -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RowSpec:
+    """Everything a (possibly fresh) process needs to measure one row."""
+
+    model_name: str
+    img_size: int | None
+    library: Library
+    batch_size: int
+    precision: Precision
+    mode: Mode
+    compile: bool
+    runtime: Runtime
+    device: str
+    warmup: int
+    repeats: int
+    threads: int
+    seed: int
+    weights_path: str
+    onnx_path: str | None = None
+
+
+def _skeleton(spec: RowSpec) -> nn.Module | None:
+    """The row's model on the meta device: its structure, no memory; None for onnxruntime."""
+    if spec.runtime == "onnxruntime":
+        import onnxruntime  # noqa: F401  (imported here, before the memory baseline, like the models' code)
+
+        return None
+    cfg = get_config(spec.model_name, **({"img_size": spec.img_size} if spec.img_size else {}))
+    with torch.device("meta"):
+        return VisionTransformer(cfg) if spec.library == "vitkit" else _timm_vit(cfg)
+
+
+def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Callable[[], None]:
+    """Load the weights into the row's `model` (from `_skeleton`); return one benchmark step: a batch's
+    inference or training step."""
+    g = torch.Generator().manual_seed(spec.seed + 1)
+    cfg = get_config(spec.model_name, **({"img_size": spec.img_size} if spec.img_size else {}))
+    images = torch.randn(spec.batch_size, cfg.in_chans, *cfg.img_size, generator=g)
+    if spec.runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec.threads
+        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(spec.onnx_path, options, providers=providers)
+        feed = {session.get_inputs()[0].name: images.numpy()}
+        return lambda: session.run(None, feed)
+
+    assert model is not None
+    model.load_state_dict(load_file(spec.weights_path), assign=True)  # the file's tensors become the parameters
+    model = model.to(device)
+    images = images.to(device)
+    run = torch.compile(model) if spec.compile else model
+    if spec.mode == "infer":
+        model.eval()
+        if spec.precision != "fp32":  # low-precision weights: no casts on the hot path, unlike autocast
+            model.to(DTYPES[spec.precision])
+            images = images.to(DTYPES[spec.precision])
+
+        def infer() -> None:
+            with torch.inference_mode():
+                run(images)
+
+        return infer
+
+    model.train()
+    labels = torch.randint(0, max(cfg.num_classes, 1), (spec.batch_size,), generator=g).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+
+    def train_step() -> None:
+        with autocast(device, spec.precision):
+            loss = F.cross_entropy(run(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return train_step
+
+
+def measure_row(spec: RowSpec) -> dict[str, Any]:
+    """Build the row, warm up, then time `spec.repeats` steps one by one: latency per batch (median,
+    min, max) and peak memory from just before the weights were loaded."""
+    device = torch.device(spec.device)
+    with _num_threads(spec.threads):
+        # Libraries and module structure come before the baseline: they are not the row's memory.
+        skeleton = _skeleton(spec)
+        baseline = _reset_peak_memory(device)
+        step = _step_fn(spec, skeleton, device)
+        for _ in range(spec.warmup):
+            step()
+        _sync(device)
+        seconds = []
+        for _ in range(spec.repeats):
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+    return {
+        "latency_ms": statistics.median(seconds) * 1e3, "latency_ms_min": min(seconds) * 1e3,
+        "latency_ms_max": max(seconds) * 1e3, "peak_memory_mb": _peak_memory_mb(device) - baseline,
+    }  # fmt: skip
+
+
+_WORKER = (
+    "import json, sys; from vitkit.bench import RowSpec, measure_row; "
+    "print(json.dumps(measure_row(RowSpec(**json.load(sys.stdin)))))"
+)
+
+
+def _measure(spec: RowSpec, isolate: bool) -> dict[str, Any]:
+    """measure_row here, or in a fresh Python process (its errors go to this process's stderr)."""
+    if not isolate:
+        return measure_row(spec)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER], input=json.dumps(asdict(spec)), stdout=subprocess.PIPE, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(f"measuring the {spec.library} row failed in its own process (exit {proc.returncode})")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+# ---- the benchmark -------------------------------------------------------------------------------
+def benchmark(
+    model_name: str,
+    batch_size: int = 16,
+    img_size: int | None = None,
+    precision: Precision = "fp32",
+    compile: bool = False,
+    mode: Mode = "infer",
+    compare: Literal["timm"] | None = None,
+    runtime: Runtime = "torch",
+    device: DeviceType | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+    isolate: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure `model_name` (seeded random weights) and, with compare="timm", timm's same architecture
+    with the same weights, after checking that their outputs agree.
+
+    Inference runs under `torch.inference_mode`, bf16/fp16 with weights in that dtype; a training step
+    is forward, cross-entropy, backward and AdamW, bf16/fp16 under autocast. runtime="onnxruntime"
+    exports the model (checked on real photographs) and times onnxruntime; the timm row stays PyTorch.
+    `device`: None picks CUDA when present. `threads`: intra-op threads of the measured rows (default
+    torch's, one per core; fewer when other work shares the cores, which stalls torch's thread pool).
+    `isolate`: measure each row in a fresh process.
+
+    Returns one flat dict: images_per_s, latency_ms (median; _min, _max), peak_memory_mb,
+    gflops_per_image, gflops_per_s, matmul_peak_gflops_per_s, fraction_of_peak, the settings, and with
+    compare="timm" the same measurements prefixed timm_, ratio (vitkit / timm images/s) and max_abs_diff.
+    """
+    if precision not in ("fp32", "bf16", "fp16") or mode not in ("infer", "train"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16 and mode infer or train; got {precision}, {mode}")
+    if runtime == "onnxruntime" and (precision != "fp32" or mode != "infer" or compile):
+        raise ValueError("--runtime onnxruntime runs fp32 inference without --compile")
+    if runtime not in ("torch", "onnxruntime") or compare not in (None, "timm"):
+        raise ValueError(f"unknown runtime {runtime!r} or compare {compare!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
+    dev = torch.device(device)
+    threads = threads or torch.get_num_threads()
+    model = bench_model(model_name, img_size, seed)
+    cfg = model.config
+    gflops = step_flops(cfg, mode) / 1e9
+    result: dict[str, Any] = {
+        "model": cfg.name, "batch_size": batch_size, "img_size": list(cfg.img_size), "precision": precision,
+        "mode": mode, "compile": compile, "runtime": runtime, "device": device, "threads": threads,
+        "warmup": warmup, "repeats": repeats, "torch_version": torch.__version__,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
+        spec = RowSpec(
+            model_name, img_size, "vitkit", batch_size, precision, mode, compile, runtime, device, warmup, repeats,
+            threads, seed, weights_path=str(Path(tmp) / "weights.safetensors"),
+        )  # fmt: skip
+        save_file(model.state_dict(), spec.weights_path)
+        if runtime == "onnxruntime":
+            from .export import export_onnx
+
+            if device == "cuda":
+                import onnxruntime as ort
+
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    raise ValueError("--runtime onnxruntime --device cuda needs onnxruntime-gpu")
+            report = export_onnx(model, Path(tmp) / "model.onnx")
+            result["onnx_max_abs_diff"] = report["max_abs_diff"]
+            spec = replace(spec, onnx_path=report["path"])
+        if compare == "timm":
+            result["max_abs_diff"] = check_agreement(model, precision, mode, dev)  # needs timm, or says so
+            import timm
+
+            result["timm_version"] = timm.__version__
+        del model
+        compute_dtype = torch.float32 if precision == "fp32" else DTYPES[precision]
+        with _num_threads(threads):
+            peak = matmul_peak_gflops(compute_dtype, dev)
+        rows = {"": _measure(spec, isolate)}
+        if compare == "timm":
+            rows["timm_"] = _measure(replace(spec, library="timm", runtime="torch", onnx_path=None), isolate)
+    result.update(gflops_per_image=gflops, matmul_peak_gflops_per_s=peak)
+    for prefix, row in rows.items():
+        images_per_s = batch_size / (row["latency_ms"] / 1e3)
+        result.update({f"{prefix}{k}": v for k, v in row.items()})
+        result[f"{prefix}images_per_s"] = images_per_s
+        result[f"{prefix}gflops_per_s"] = gflops * images_per_s
+        result[f"{prefix}fraction_of_peak"] = gflops * images_per_s / peak
+    if compare == "timm":
+        result["timm_runtime"] = "torch"
+        result["ratio"] = result["images_per_s"] / result["timm_images_per_s"]
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a text table: one row for vitkit and, when compared, one for timm."""
+    header = (
+        f"{'library':<8} {'runtime':<11} {'img/s':>9} {'latency ms (min-max)':>24} {'peak MB':>9} "
+        f"{'GFLOP/s':>9} {'of peak':>8}"
+    )
+    rows = [("vitkit", result["runtime"], "")] + ([("timm", "torch", "timm_")] if "timm_images_per_s" in result else [])
+    lines = [
+        f"{result['model']}  batch {result['batch_size']}  {result['img_size'][0]}x{result['img_size'][1]}  "
+        f"{result['precision']} {result['mode']}{' compiled' if result['compile'] else ''}  on {result['device']} "
+        f"({result['threads']} threads)  {result['gflops_per_image']:.2f} GFLOP/image  "
+        f"matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s",
+        header,
+    ]
+    for name, runtime, p in rows:
+        median, low, high = (result[p + k] for k in ("latency_ms", "latency_ms_min", "latency_ms_max"))
+        spread = f"{median:.1f} ({low:.1f}-{high:.1f})"
+        lines.append(
+            f"{name:<8} {runtime:<11} {result[p + 'images_per_s']:>9.1f} {spread:>24} "
+            f"{result[p + 'peak_memory_mb']:>9.0f} {result[p + 'gflops_per_s']:>9.1f} "
+            f"{result[p + 'fraction_of_peak']:>8.1%}"
+        )
+    if "ratio" in result:
+        lines.append(f"vitkit / timm: {result['ratio']:.2f}x  (outputs agree: max |diff| {result['max_abs_diff']:.1e})")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = benchmark(
+        args.model, batch_size=args.batch_size, img_size=args.img_size, precision=args.precision,
+        compile=args.compile, mode=args.mode, compare=args.compare, runtime=args.runtime, device=args.device,
+        warmup=args.warmup, repeats=args.repeats, threads=args.threads, isolate=not args.in_process,
+    )  # fmt: skip
+    print(format_table(result), file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The `vitkit bench` subcommand."""
+    p = sub.add_parser("bench", help="throughput, latency, memory and FLOP utilisation, optionally against timm")
+    p.add_argument("--model", required=True, help="registered model name or paper alias (plain ViTs)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (both rows)")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--compare", choices=["timm"], help="also measure timm's same architecture and weights")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps (median and spread reported)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    p.add_argument("--in-process", action="store_true", help="measure rows in this process (peak memory then shared)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.set_defaults(func=_run)

@@ -1,0 +1,122 @@
+"""`vitkit bench`: FLOPs counted from the config equal torch's FlopCounterMode; the benchmark produces
+every field, and its timm comparison agrees numerically. Tiny models only; no timed assertions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import timm
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import vitkit
+from vitkit import bench
+
+TINY = "vit_test_patch4_16"  # 16×16 images, patch 4, depth 2, width 32
+ROW_FIELDS = ["images_per_s", "latency_ms", "latency_ms_min", "latency_ms_max", "peak_memory_mb", "gflops_per_s",
+              "fraction_of_peak"]  # fmt: skip
+QUICK = dict(batch_size=2, warmup=1, repeats=2, threads=1)  # one thread: the CI machine may be shared
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def counted_flops(model: torch.nn.Module, x: torch.Tensor, train: bool = False) -> int:
+    """FlopCounterMode's total (2·MACs); the math attention kernel, whose matmuls it sees, unlike the fused ones."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = model(x)
+        if train:
+            out.sum().backward()
+    return counter.get_total_flops()
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, dict(pool="gap", class_token=False), dict(representation_size=24, img_size=(16, 24)), dict(num_classes=0)],
+)
+def test_analytic_forward_flops_equal_flop_counter(overrides):
+    model = vitkit.create_model(TINY, **overrides).eval()
+    x = torch.randn(3, 3, *model.config.img_size)
+    assert 3 * bench.forward_flops(model.config) == counted_flops(model, x)
+
+
+def test_analytic_training_flops_equal_flop_counter_forward_and_backward():
+    model = vitkit.create_model(TINY).train()
+    x = torch.randn(3, 3, 16, 16)
+    assert 3 * bench.step_flops(model.config, "train") == counted_flops(model, x, train=True)
+
+
+def test_vit_b16_forward_is_the_commonly_quoted_17_6_gflops():
+    # timm and the DeiT paper quote 17.6 GFLOPs (MACs, as fvcore counts) for ViT-B/16 at 224
+    assert bench.forward_flops(vitkit.get_config("vit_base_patch16_224")) / 2e9 == pytest.approx(17.56, abs=0.01)
+
+
+def test_hybrids_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="hybrid"):
+        bench.forward_flops(vitkit.get_config("vit_tiny_r_s16_p8_224"))
+
+
+# ---- the benchmark -------------------------------------------------------------------------------------
+def test_timm_twin_computes_the_same_function():
+    model = bench.bench_model(TINY).eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(bench.timm_twin(model)(x), model(x), atol=1e-5, rtol=0)
+    assert model(x).std() > 0.1  # the head is random, so agreeing logits mean something
+
+
+@pytest.mark.parametrize("precision,mode", [("fp32", "infer"), ("bf16", "infer"), ("fp32", "train"), ("bf16", "train")])
+def test_bench_against_timm_produces_every_field_and_agreeing_outputs(precision, mode):
+    result = bench.benchmark(TINY, precision=precision, mode=mode, compare="timm", isolate=False, **QUICK)
+    for field in ROW_FIELDS:
+        assert result[field] > 0 or field == "peak_memory_mb", field
+        assert f"timm_{field}" in result
+    assert result["ratio"] == pytest.approx(result["images_per_s"] / result["timm_images_per_s"])
+    assert result["gflops_per_image"] == bench.step_flops(vitkit.get_config(TINY), mode) / 1e9
+    assert result["max_abs_diff"] <= (1e-4 if precision == "fp32" else 0.1)
+    assert result["precision"] == precision and result["mode"] == mode
+
+
+def test_a_row_measured_in_its_own_process_reports_the_memory_it_used():
+    result = bench.benchmark(TINY, mode="train", isolate=True, **QUICK)
+    assert result["peak_memory_mb"] > 0 and result["images_per_s"] > 0
+
+
+def test_onnxruntime_runtime_checks_the_export_then_measures_it():
+    result = bench.benchmark(TINY, runtime="onnxruntime", isolate=False, **QUICK)
+    assert result["runtime"] == "onnxruntime" and result["images_per_s"] > 0
+    assert result["onnx_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [(dict(runtime="onnxruntime", precision="bf16"), "onnxruntime"), (dict(precision="fp8"), "precision"),
+     (dict(compare="timm", model_name="vit_tiny_r_s16_p8_224"), "hybrid")],
+)  # fmt: skip
+def test_unsupported_settings_fail_with_a_clear_message(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bench.benchmark(**{"model_name": TINY, **kwargs, **QUICK})
+
+
+def test_cli_json_is_one_object_on_stdout_and_the_table_goes_to_stderr(capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "--model", TINY, "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--threads", "1",
+         "--compare", "timm", "--in-process", "--json"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    for field in ["images_per_s", "peak_memory_mb", "gflops_per_image", "fraction_of_peak", "timm_images_per_s"]:
+        assert field in result
+    assert result["ratio"] > 0
+    assert "vitkit / timm" in err and timm.__version__ == result["timm_version"]
