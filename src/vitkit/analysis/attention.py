@@ -1,0 +1,33 @@
+"""Attention weights for analysis, computed on demand through `VisionTransformer.attention_maps`
+(an explicit softmax); the model's own forward keeps the fused kernel."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..models.vit import VisionTransformer
+
+
+def token_grid(model: VisionTransformer, images: torch.Tensor) -> tuple[int, int]:
+    """(gh, gw): the patch grid of images (B, C, H, W), in tokens."""
+    stride = model.config.stride
+    return images.shape[-2] // stride, images.shape[-1] // stride
+
+
+def batched_attention_maps(
+    model: VisionTransformer, images: torch.Tensor, batch_size: int = 32
+) -> Iterator[list[torch.Tensor]]:
+    """For each chunk of `batch_size` images (B, C, H, W): every layer's weights, each (b, heads, T, T) in
+    float32, from the model in eval mode without autograd."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk in images.split(batch_size):
+            with torch.inference_mode():
+                maps = model.attention_maps(chunk.to(device))
+            yield [m.float() for m in maps]
+    finally:
+        model.train(was_training)

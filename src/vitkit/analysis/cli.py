@@ -1,0 +1,118 @@
+"""`vitkit analyze` and `vitkit fewshot`: parse, load the checkpoint and the data, call the Python API.
+
+Each `add_*_parser(sub)` adds its subcommand to the `vitkit` command's subparsers and sets `func`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from ..checkpoints.load import load
+from ..data import DataSource, load_data
+from ..evaluate.classify import eval_loader
+from ..evaluate.fewshot import DEFAULT_L2, extract_features, fewshot, linear_probe
+from ..models.vit import VisionTransformer
+from .report import analyze
+
+
+def _load_model(path: str, device: str | None) -> VisionTransformer:
+    model = load(path)
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+
+def _shots(text: str) -> list[int]:
+    shots = [int(k) for k in text.split(",") if k.strip()]
+    if not shots or min(shots) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return shots
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
+    p.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, ...")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    model = _load_model(args.checkpoint, args.device)
+    data = load_data(args.data, args.data_root)
+    split = data.split(args.split)
+    subset = Subset(split, range(min(args.images, len(split))))
+    loader = eval_loader(subset, model.config, data.channels, args.batch_size, args.workers)
+    images = torch.cat([x for x, _ in loader])
+    report = analyze(model, images, args.out, rollout_images=args.rollout_images)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    pos, dist = report["pos_embed_similarity"], report["attention_distance"]
+    print(f"position embeddings: neighbours {pos['neighbour']:.3f} vs far {pos['far']:.3f}; "
+          f"same row/column {pos['same_row_or_column']:.3f} vs other {pos['other']:.3f}")  # fmt: skip
+    print("mean attention distance per layer (pixels): " + " ".join(f"{d:.1f}" for d in dist["per_layer_mean"]))
+    print(f"figures and analysis.json in {args.out}")
+    return 0
+
+
+def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="the paper's analyses: filters, pos-embed similarity, attention distance, "
+                                       "rollout; PNGs and analysis.json")
+    _common(p)
+    p.add_argument("--out", required=True, help="directory for the PNG figures and analysis.json")
+    p.add_argument("--images", type=int, default=128, help="images averaged over for the attention distance")
+    p.add_argument("--rollout-images", type=int, default=8, help="images shown in the rollout figures")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--json", action="store_true", help="print analysis.json's content on stdout")
+    p.set_defaults(func=_analyze)
+
+
+def _features(
+    model: VisionTransformer, data: DataSource, split: str, args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features (N, F) and labels (N,) of one split."""
+    loader = eval_loader(data.split(split), model.config, data.channels, args.batch_size, args.workers)
+    return extract_features(model, loader)
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    model = _load_model(args.checkpoint, args.device)
+    data = load_data(args.data, args.data_root)
+    K = len(data.classes)
+    train_x, train_y = _features(model, data, "train", args)
+    test_x, test_y = _features(model, data, "test", args)
+    result = fewshot(train_x, train_y, test_x, test_y, args.shots, args.seeds, args.ridge, K)
+    report: dict[str, Any] = {
+        "checkpoint": args.checkpoint, "data": data.name, "feature_dim": train_x.shape[1],
+        "n_train": len(train_y), "n_test": len(test_y), **result.to_dict(),
+    }  # fmt: skip
+    if args.probe == "logistic":
+        top1 = linear_probe(train_x, train_y, test_x, test_y, args.probe_l2, K)
+        report["linear_probe"] = {"l2": args.probe_l2, "top1": top1}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{data.name}: {report['feature_dim']}-d frozen features, ridge λ={args.ridge:g}, {args.seeds} seeds, "
+          f"{len(test_y)} test images")  # fmt: skip
+    for k, m, s in zip(result.shots, result.mean, result.std):
+        print(f"  {k:>4}-shot: {m:.2%} ± {s:.2%}")
+    if "linear_probe" in report:
+        print(f"  linear probe (logistic, all {len(train_y)} training images): {report['linear_probe']['top1']:.2%}")
+    return 0
+
+
+def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fewshot", help="few-shot linear regression accuracy of frozen features (paper section 4.1)")
+    _common(p)
+    p.add_argument("--shots", type=_shots, default=[1, 5, 10, 25], help="examples per class, e.g. 1,5,10,25")
+    p.add_argument("--seeds", type=int, default=3, help="support sets drawn per shot count")
+    p.add_argument("--ridge", type=float, default=DEFAULT_L2, help="ridge penalty λ (big_vision: 2^10)")
+    p.add_argument("--probe", choices=["logistic"], help="also fit a linear probe on all training features")
+    p.add_argument("--probe-l2", type=float, default=1e-4, help="the probe's L2 penalty on the mean loss")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=_fewshot)

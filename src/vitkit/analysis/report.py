@@ -1,0 +1,64 @@
+"""All of the paper's analyses of one model at once: figures (PNG) and the numbers behind them (JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.vit import VisionTransformer
+from .distance import mean_attention_distance
+from .filters import embedding_filters
+from .plots import (
+    denormalise, plot_attention_distance, plot_filters, plot_head_attention, plot_pos_embed_similarity, plot_rollout,
+)  # fmt: skip
+from .pos_embed import pos_embed_similarity
+from .rollout import attention_rollout, last_layer_attention
+
+
+def analyze(
+    model: VisionTransformer,
+    images: torch.Tensor,
+    out_dir: str | Path,
+    rollout_images: int = 8,
+    num_filters: int = 28,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Write filters.png, pos_embed_similarity.png, attention_distance.png, attention_rollout.png,
+    head_attention.png and analysis.json to out_dir; return what analysis.json holds.
+
+    images: (B, C, H, W), preprocessed as the model takes them; the mean attention distance averages
+    over all B, the rollout figures show the first `rollout_images`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    filters = embedding_filters(model, num_filters)
+    similarity = pos_embed_similarity(model)
+    distance = mean_attention_distance(model, images, batch_size)
+    shown = images[:rollout_images]
+    pictures = denormalise(shown, cfg.mean, cfg.std)
+    layer_mean = distance.mean(dim=1)
+    report: dict[str, Any] = {
+        "model": cfg.name, "image_size": list(images.shape[-2:]), "stride": cfg.stride,
+        "grid": list(similarity.grid), "n_images": len(images),
+        "filters": {"source": filters.source, "explained_variance": filters.explained.tolist()},
+        "pos_embed_similarity": similarity.to_dict(),
+        "attention_distance": {
+            "units": "pixels", "per_head": distance.tolist(), "per_layer_mean": layer_mean.tolist(),
+            "last_minus_first_layer": (layer_mean[-1] - layer_mean[0]).item(),
+        },
+        "figures": {
+            "filters": str(plot_filters(filters, out / "filters.png")),
+            "pos_embed_similarity": str(plot_pos_embed_similarity(similarity, out / "pos_embed_similarity.png")),
+            "attention_distance": str(plot_attention_distance(distance, out / "attention_distance.png")),
+            "attention_rollout": str(plot_rollout(pictures, attention_rollout(model, shown, batch_size),
+                                                  out / "attention_rollout.png")),
+            "head_attention": str(plot_head_attention(pictures, last_layer_attention(model, shown, batch_size),
+                                                      out / "head_attention.png")),
+        },
+    }  # fmt: skip
+    (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
