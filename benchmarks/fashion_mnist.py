@@ -1,0 +1,71 @@
+"""Fashion-MNIST from scratch with a pure ViT, within a 60-minute training budget on the CPU.
+
+Trains with `vitkit train`, then reads the run's metrics.jsonl: final test top-1, the minutes at
+which test top-1 first reached 90% and 92%, training and evaluation throughput, peak memory.
+Writes benchmarks/results/fashion_mnist.json and prints a table.
+
+    python benchmarks/fashion_mnist.py [--model vit_fashion_patch4_28] [--recipe fashion-cpu-long] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def first_time_at(evals: list[dict], threshold: float) -> float | None:
+    """Minutes of training at the first evaluation whose top-1 reached `threshold`."""
+    return next((e["time_s"] / 60 for e in evals if e["eval_top1"] >= threshold), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_fashion_patch4_28")
+    parser.add_argument("--recipe", default="fashion-cpu-long")
+    parser.add_argument("--out", default="runs/bench-fashion-mnist")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--result", default=str(RESULTS / "fashion_mnist.json"))
+    args, extra = parser.parse_known_args()
+
+    command = [sys.executable, "-m", "vitkit", "train", "--data", "fashion_mnist", "--model", args.model,
+               "--recipe", args.recipe, "--out", args.out, "--seed", str(args.seed), "--no-progress", *extra]  # fmt: skip
+    start = time.time()
+    subprocess.run(command, check=True)
+    wall_min = (time.time() - start) / 60
+
+    rows = [json.loads(line) for line in open(Path(args.out) / "metrics.jsonl")]
+    evals = [r for r in rows if "eval_top1" in r]
+    train = [r for r in rows if "images_per_s" in r]
+    result = {
+        "model": args.model, "recipe": args.recipe, "seed": args.seed, "extra_args": extra,
+        "test_top1": evals[-1]["eval_top1"], "best_test_top1": max(e["eval_top1"] for e in evals),
+        "epochs": evals[-1]["epoch"], "training_minutes": evals[-1]["time_s"] / 60, "wall_minutes": wall_min,
+        "minutes_to_90": first_time_at(evals, 0.90), "minutes_to_92": first_time_at(evals, 0.92),
+        "minutes_to_93": first_time_at(evals, 0.93),
+        "train_images_per_s": sorted(r["images_per_s"] for r in train)[len(train) // 2],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "top1_per_epoch": [[e["epoch"], e["eval_top1"], round(e["time_s"] / 60, 2)] for e in evals],
+        "command": " ".join(["python", "benchmarks/fashion_mnist.py", *sys.argv[1:]]),
+    }  # fmt: skip
+    Path(args.result).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    fmt = lambda m: "-" if m is None else f"{m:.1f} min"  # noqa: E731
+    print(f"| model | test top-1 | best | to 90% | to 92% | training time | train img/s | peak RSS |\n"
+          f"|---|---|---|---|---|---|---|---|\n"
+          f"| {args.model} | {result['test_top1']:.2%} | {result['best_test_top1']:.2%} | {fmt(result['minutes_to_90'])} "
+          f"| {fmt(result['minutes_to_92'])} | {result['training_minutes']:.1f} min | {result['train_images_per_s']:.0f} "
+          f"| {result['peak_rss_mb']:.0f} MB |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
