@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 Pool = Literal["token", "gap"]
 
@@ -13,6 +13,14 @@ Pool = Literal["token", "gap"]
 _MAX_WIDTH = 16384
 _MAX_DEPTH = 256
 _MAX_TOKENS = 1 << 20
+
+
+def check_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
+    """A one-line ValueError naming the keys of `d` that the dataclass `cls` has no field for."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; expected some of {sorted(known)}")
 
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -133,10 +141,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ViT config keys {unknown}; expected some of {sorted(known)}")
+        check_fields(cls, d, "ViT config keys")
         return cls(**d)
 
     def replace(self, **overrides: Any) -> "ViTConfig":

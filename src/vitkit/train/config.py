@@ -10,6 +10,7 @@ from typing import Any, get_args
 import yaml
 
 from ..data import dataset_defaults
+from ..models.config import check_fields
 from ..models.posembed import ResampleMethod
 from ..precision import Precision
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
@@ -60,10 +61,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training config fields {unknown}")
+        check_fields(cls, d, "training config fields")
         recipe = d.get("recipe")
         return cls(**{**d, "recipe": recipe_from_dict(recipe) if isinstance(recipe, dict) else recipe})
 

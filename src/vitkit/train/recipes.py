@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from ..models.config import check_fields
+
 Optimizer = Literal["adamw", "sgd"]
 Decay = Literal["cosine", "linear", "constant"]
 
@@ -98,10 +100,7 @@ class Recipe:
 
 
 def recipe_from_dict(d: dict[str, Any]) -> Recipe:
-    known = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown recipe fields {unknown}; expected some of {sorted(known)}")
+    check_fields(Recipe, d, "recipe fields")
     return Recipe(**d)
 
 
