@@ -94,3 +94,34 @@ def test_every_recipe_field_is_an_option():
     assert (args.clip_grad, args.randaugment, args.crop_scale, args.hflip, args.recipe_name) == (
         None, [None], [0.3, 1.0], False, "deit")  # fmt: skip
     assert not hasattr(args, "lr")  # not given: the recipe's own value stays
+
+
+def _recipe_file(tmp_path: Path) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("lr: 0.001\nwarmup_steps: 100\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "vit_smal_patch16_224"], "unknown model 'vit_smal_patch16_224'; did you mean vit_small_patch16_224"),
+    (["--model", "vit_test_patch4_16", "--patch-size", "5"], "img_size=(16, 16) is not divisible by the patch stride 5"),
+    (["--model", "vit_test_patch4_16", "--img-size", "18"], "img_size=(18, 18) is not divisible by the patch stride 4"),
+    (["--lr", "-0.1"], "lr must be a positive number, got -0.1"),
+    (["--lr", "0"], "lr must be a positive number, got 0.0"),
+    (["--batch-size", "0"], "batch_size must be positive, got 0"),
+    (["--recipe", "RECIPE_FILE"], "recipe.yaml: unknown recipe fields ['warmup_steps'] (did you mean: warmup_steps -> warmup?)"),
+])  # fmt: skip
+def test_bad_configuration_is_one_line_before_any_work(extra, message, capsys, tmp_path):
+    extra = [_recipe_file(tmp_path) if a == "RECIPE_FILE" else a for a in extra]
+    assert main(["train", "--data", "digits", "--out", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitkit train: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_heads_that_do_not_divide_the_width_are_one_line_before_allocation():
+    import vitkit
+
+    with pytest.raises(ValueError, match=r"^invalid ViT config .vit_test_patch4_16.: num_heads=5 does not divide embed_dim=32$") as e:
+        vitkit.create_model("vit_test_patch4_16", num_heads=5)
+    assert "\n" not in str(e.value)

@@ -16,6 +16,7 @@ from vitkit.data import (
     ResumableSampler, SeededTransform, TolerantImageFolder, batch_mix, eval_transform, load_data, train_transform,
 )  # fmt: skip
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
+from vitkit.data.images import ImageDecodeError
 
 needs_fashion_mnist = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
@@ -89,20 +90,36 @@ def test_imagefolder_skips_undecodable_images_naming_them(tmp_path):
         "cat/empty.png": b"",
         "cat/text.jpg": b"not an image at all",
         "dog/truncated.png": _png(1)[:-30],
+        "dog/late.jpg": _jpeg()[:-800],  # the header is whole: the missing end-of-image marker gives it away
     }
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
-    (tmp_path / "dog" / "late.jpg").write_bytes(_jpeg()[:-800])  # truncated: only decoding finds out
     (tmp_path / "dog" / "notes.txt").write_text("not an image file name: ignored silently")
     with pytest.warns(UserWarning) as record:
         ds = TolerantImageFolder(tmp_path)
     assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in ds.skipped) == sorted(bad)
     assert all(any(str(tmp_path / name) in str(w.message) for w in record) for name in bad)
-    assert ds.classes == ["cat", "dog"] and len(ds) == 7
-    with pytest.warns(UserWarning, match="late.jpg"):
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+
+
+def test_imagefolder_replaces_an_image_that_fails_only_when_decoded(tmp_path, monkeypatch):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            (tmp_path / cls / f"{i}.png").write_bytes(_png(40 * i + 1))
+    ds = TolerantImageFolder(tmp_path)
+    real = ds.loader
+
+    def fails_on_cat_1(path: str):
+        if path.endswith("cat/1.png"):
+            raise ImageDecodeError(path, "not a decodable image (broken data stream)")
+        return real(path)
+
+    monkeypatch.setattr(ds, "loader", fails_on_cat_1)
+    with pytest.warns(UserWarning, match="cat/1.png: not a decodable image"):
         images = [ds[i] for i in range(len(ds))]
-    assert all(im.mode == "RGB" for im, _ in images)
-    assert len(ds.skipped) == 4
+    assert images[1][1] == 1 and images[1][0].getpixel((0, 0)) == images[2][0].getpixel((0, 0))  # the next image
+    assert all(im.mode == "RGB" for im, _ in images) and ds.skipped == [str(tmp_path / "cat" / "1.png")]
 
 
 def test_imagefolder_split_by_train_and_val_folders(tmp_path):

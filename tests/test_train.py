@@ -103,8 +103,8 @@ def test_a_run_directory_holds_config_metrics_checkpoints_and_plots(data_root, t
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in records if "eval_top1" in r] == [4, 8]  # every epoch
     assert {"lr", "images_per_s"} <= set(records[0])
-    for name in ("last.safetensors", "last.state.pt", "best.safetensors", "model.safetensors",
-                 "loss.png", "accuracy.png", "lr.png"):  # fmt: skip
+    for name in ("checkpoints/step-00000008.safetensors", "checkpoints/step-00000008.state.pt", "best.safetensors",
+                 "model.safetensors", "loss.png", "accuracy.png", "lr.png"):  # fmt: skip
         assert (out / name).is_file(), name
     assert any((out / "tensorboard").iterdir())
     assert result.evaluation.n == 32 and 0 <= result.evaluation.top1 <= 1
@@ -136,7 +136,7 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(data_
     monkeypatch.setattr(loop, "train_step", real)
     fit(make_config(out=str(tmp_path / "resumed"), resume=True, progress=False))
 
-    for name in ("last.safetensors", "model.safetensors", "best.safetensors"):
+    for name in ("checkpoints/step-00000011.safetensors", "model.safetensors", "best.safetensors"):
         a, b = weights(tmp_path / "whole" / name), weights(tmp_path / "resumed" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("whole", "resumed")]
@@ -159,8 +159,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(dat
     with pytest.raises(NonFiniteLoss, match=r"loss is (nan|inf) at step (\d+); stopping \(the last good checkpoint is") as e:
         fit(cfg)
     step = int(e.value.args[0].split("at step ")[1].split(";")[0])
-    assert load_metadata(tmp_path / "run" / "last.safetensors")["step"] == str(step - 1)
-    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run" / "last.safetensors").values())
+    last = tmp_path / "run" / "checkpoints" / f"step-{step - 1:08d}.safetensors"
+    assert str(last) in e.value.args[0] and load_metadata(last)["step"] == str(step - 1)
+    assert all(torch.isfinite(v).all() for v in weights(last).values())
 
 
 def test_gradient_accumulation_matches_the_whole_batch(data_root, tmp_path):

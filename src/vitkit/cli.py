@@ -76,12 +76,15 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import NonFiniteLoss, fit, make_config
+    from .train import CheckpointWriteError, Interrupted, NonFiniteLoss, fit, make_config
 
     cfg = make_config(_given(args, args.recipe_fields), **_given(args, args.run_fields))
     try:
         result = fit(cfg)
-    except NonFiniteLoss as e:
+    except Interrupted as e:
+        print(f"vitkit train: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for a process ended by a signal
+    except (NonFiniteLoss, CheckpointWriteError) as e:
         print(f"vitkit train: error: {e}", file=sys.stderr)
         return 1
     print(result.summary(), file=sys.stderr)

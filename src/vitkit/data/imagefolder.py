@@ -7,29 +7,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-_DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
-
-
-def _header_ok(path: str) -> bool:
-    """Cheap check at indexing time: PIL recognises the file and its structure verifies (whole-file
-    CRCs for PNG). Truncated JPEG data is only found when decoding; __getitem__ handles that."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except _DECODE_ERRORS:
-        return False
+from .images import ImageDecodeError, looks_intact, open_image
 
 
 class TolerantImageFolder(ImageFolder):
-    """torchvision's ImageFolder (root/class_name/*.jpg, ...), images as RGB PIL images.
+    """torchvision's ImageFolder (root/class_name/*.jpg, ...), images as RGB PIL images (vitkit.data.images:
+    EXIF orientation, 16-bit, palette, alpha and CMYK handled).
 
-    Files with an image extension that cannot be decoded are left out with a warning naming each;
-    `skipped` lists them. One that fails only when decoded is replaced by the next image of the folder.
+    Files with an image extension that are not whole images (by a cheap check of each file when the
+    folder is indexed) are left out with a warning naming each; `skipped` lists them. One that fails
+    only when decoded is replaced by the next image of the folder, with a warning (counted in
+    `skipped` when it happens in this process rather than in a DataLoader worker).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -38,16 +29,17 @@ class TolerantImageFolder(ImageFolder):
         if not class_dirs:
             raise ValueError(f"imagefolder: {root} has no class folders (expected {root}/CLASS_NAME/IMAGE.jpg)")
         self.skipped: list[str] = []
-        super().__init__(str(root), is_valid_file=self._check_file, allow_empty=True)
+        super().__init__(str(root), loader=open_image, is_valid_file=self._check_file, allow_empty=True)
         if not self.samples:
             raise ValueError(f"imagefolder: no decodable images ({', '.join(IMG_EXTENSIONS)}) under {root}")
 
     def _check_file(self, path: str) -> bool:
         if not path.lower().endswith(IMG_EXTENSIONS):
             return False
-        if _header_ok(path):
+        problem = looks_intact(path)
+        if problem is None:
             return True
-        warnings.warn(f"skipping {path}: not a decodable image", stacklevel=2)
+        warnings.warn(f"skipping {path}: {problem}", stacklevel=2)
         self.skipped.append(path)
         return False
 
@@ -56,9 +48,9 @@ class TolerantImageFolder(ImageFolder):
             i = (index + offset) % len(self.samples)
             try:
                 return super().__getitem__(i)
-            except _DECODE_ERRORS as e:
+            except ImageDecodeError as e:
                 path = self.samples[i][0]
                 if path not in self.skipped:
-                    warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+                    warnings.warn(f"skipping {e}", stacklevel=2)
                     self.skipped.append(path)
         raise ValueError(f"imagefolder: no image under {self.root} could be decoded")

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from ..data import eval_transform
+from ..data.images import ImageDecodeError, open_image
 from ..models import VisionTransformer
 
 CLASSES_KEY = "classes"  # checkpoint metadata: a JSON list of class names, index = class id
@@ -46,11 +46,6 @@ class Prediction:
         return {"image": self.image, "top": [{"class": c, "prob": p} for c, p in self.top]}
 
 
-def _read_image(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 @torch.no_grad()
 def predict_files(
     model: VisionTransformer,
@@ -72,9 +67,9 @@ def predict_files(
     for path in paths:
         try:
             results.append(Prediction(path))
-            batch.append((results[-1], transform(_read_image(path))))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            results[-1].error = f"cannot read image: {e}"
+            batch.append((results[-1], transform(open_image(path))))
+        except ImageDecodeError as e:
+            results[-1].error = e.reason
     k = min(topk, cfg.num_classes)
     for start in range(0, len(batch), batch_size):
         chunk = batch[start : start + batch_size]

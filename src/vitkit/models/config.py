@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
@@ -20,7 +21,10 @@ def check_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; expected some of {sorted(known)}")
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = [f"{k} -> {m[0]}?" for k, m in close.items() if m]
+        hint = f" (did you mean: {', '.join(hints)})" if hints else ""
+        raise ValueError(f"unknown {what} {unknown}{hint}; expected some of {sorted(known)}")
 
 
 def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:

@@ -39,6 +39,8 @@ class TrainConfig:
     micro_batch: int | None = option(None, "images per forward pass and process (accumulate up to batch_size)")
     workers: int | None = option(None, "data-loading processes per training process")
     checkpoint_every: int = option(500, "write a resumable checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = option(2, "resumable checkpoints kept in OUT/checkpoints (the newest)")
+    skip_nonfinite: int = option(0, "skip up to N steps whose loss is NaN/inf (0: stop at the first)")
     log_every: int = option(10, "record training loss every N steps")
     limit_train: int | None = option(None, "use only the first N training images")
     limit_eval: int | None = option(None, "evaluate on only the first N test images")
@@ -47,12 +49,16 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "in_chans", "micro_batch", "checkpoint_every", "log_every", "limit_train", "limit_eval"):
+        positive = ("patch_size", "in_chans", "micro_batch", "checkpoint_every", "keep_checkpoints", "log_every",
+                    "limit_train", "limit_eval")  # fmt: skip
+        for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        for name in ("workers", "skip_nonfinite"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
 
@@ -67,7 +73,8 @@ class TrainConfig:
 
 
 # Fields that only change how a run executes, not what it computes: they may differ on --resume.
-EXECUTION_FIELDS = ("resume", "workers", "progress", "device", "data_root", "log_every", "checkpoint_every", "compile")
+EXECUTION_FIELDS = ("resume", "workers", "progress", "device", "data_root", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "skip_nonfinite", "compile")
 
 
 def read_run_config(out: str | Path) -> TrainConfig:

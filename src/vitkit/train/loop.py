@@ -14,8 +14,11 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +33,14 @@ from tqdm import tqdm
 
 from .. import create_model
 from ..checkpoints.io import save
+from ..checkpoints.io import atomic_write
 from ..checkpoints.load import load_checkpoint
 from ..data import (
     DataSource, ResumableSampler, SeededTransform, batch_mix, load_data, make_loader, mix_seed, per_channel,
     train_transform,
 )  # fmt: skip
 from ..evaluate import Evaluation, eval_loader, evaluate
-from ..evaluate.predict import CLASSES_KEY, checkpoint_metadata
+from ..evaluate.predict import CLASSES_KEY
 from ..models import VisionTransformer, get_config
 from ..precision import autocast
 from . import distributed
@@ -44,15 +48,48 @@ from .config import TrainConfig, with_defaults
 from .ema import ModelEMA
 from .optim import build_optimizer
 from .recipes import Recipe
+from .resume import checkpoints, newest_intact, remove_partial_writes, write_checkpoint
 from .runlog import RunLog
 from .schedule import lr_factor
-from .state import load_state, save_state
 
-LAST, BEST, FINAL = "last.safetensors", "best.safetensors", "model.safetensors"
+BEST, FINAL = "best.safetensors", "model.safetensors"
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after a final checkpoint; `signum` says which."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM ask the loop to stop after the current step (`requested`);
+    a second one interrupts at once (atomic writes keep the last checkpoint whole)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -63,6 +100,7 @@ class TrainResult:
     evaluation: Evaluation | None
     best_top1: float | None
     skipped_images: int
+    skipped_steps: int = 0
 
     def summary(self) -> str:
         lines = [f"run directory: {self.out_dir}", f"checkpoint: {self.checkpoint} (after {self.steps} steps)"]
@@ -74,6 +112,8 @@ class TrainResult:
         lines.append(f"metrics: {self.out_dir / 'metrics.jsonl'}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
         if self.skipped_images:
             lines.append(f"skipped {self.skipped_images} undecodable images (named in the warnings above)")
+        if self.skipped_steps:
+            lines.append(f"skipped {self.skipped_steps} steps whose loss was not finite (--skip-nonfinite)")
         return "\n".join(lines)
 
 
@@ -169,7 +209,8 @@ def _write_config(cfg: TrainConfig, model: VisionTransformer, data: DataSource, 
         **extra,
     }
     plain = json.loads(json.dumps(doc))  # tuples -> lists, for safe_dump
-    (Path(cfg.out) / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+    text = yaml.safe_dump(plain, sort_keys=False)
+    atomic_write(Path(cfg.out) / "config.yaml", lambda tmp: Path(tmp).write_text(text))
 
 
 def fit(cfg: TrainConfig) -> TrainResult:
@@ -187,13 +228,13 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     recipe, device, main = cfg.recipe, procs.device, procs.is_main
     say = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
     out = Path(cfg.out)
-    if not cfg.resume and (out / LAST).exists():
+    if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
 
     # ---- model, data, optimiser --------------------------------------------------------------
-    model = _build_model(cfg, data)
+    model = _build_model(cfg, data)  # a bad model config fails here, before anything is written
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.init_from and not cfg.resume:
         report = load_checkpoint(model, cfg.init_from, pos_method=cfg.pos_method)
         if recipe.reset_head and not report.head_reset:
@@ -234,12 +275,18 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     mix = batch_mix(recipe.mixup, recipe.cutmix, len(data.classes))
 
     # ---- resume ----------------------------------------------------------------------------
-    step, best_top1, elapsed = 0, None, 0.0
+    step, best_top1, elapsed, skipped_steps = 0, None, 0.0, 0
+    resumed = None
     if cfg.resume:
-        state = load_state(out / LAST)
-        load_checkpoint(model, out / LAST)
-        if state["step"] != int(checkpoint_metadata(out / LAST).get("step", -1)):
-            raise ValueError(f"cannot resume: {out / LAST} and its state file are from different steps")
+        if main:
+            remove_partial_writes(out)
+        procs.barrier()
+        resumed = newest_intact(out)
+        if resumed is None:
+            say(f"{out} has no checkpoint yet: starting from the beginning")
+    if resumed is not None:
+        state = resumed.state
+        model.load_state_dict(resumed.weights)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
@@ -248,7 +295,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             was = state["total_steps"]
             raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
         step, best_top1, elapsed = state["step"], state["best_top1"], state["elapsed"]
-        say(f"resuming {out} at step {step} of {total_steps}")
+        skipped_steps = state.get("skipped_steps", 0)
+        say(f"resuming {out} at step {step} of {total_steps} from {resumed.path}")
     if main:
         _write_config(cfg, model, data, {"derived": {
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
@@ -263,20 +311,24 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     if cfg.compile:
         train_model = torch.compile(train_model)
     log = RunLog(out, enabled=main, resume_step=step if cfg.resume else None)
+    last_checkpoint = resumed.path if resumed is not None else None
     meta = {CLASSES_KEY: json.dumps(data.classes), "dataset": data.name}
 
     def eval_model() -> VisionTransformer:
         return ema.module if ema is not None else model
 
     def checkpoint(at: int) -> None:
+        nonlocal last_checkpoint
         if not main:
             return
-        save_state(out / LAST, {
+        last_checkpoint = write_checkpoint(out, at, model, {
             "step": at, "total_steps": total_steps, "best_top1": best_top1, "elapsed": elapsed + time.time() - t0,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "skipped_steps": skipped_steps, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
-        })  # fmt: skip
-        save(model, out / LAST, metadata={**meta, "step": str(at)})
+        }, meta, keep=cfg.keep_checkpoints)  # fmt: skip
+
+    def last_good() -> str:
+        return f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
 
     last_eval: Evaluation | None = None
 
@@ -301,6 +353,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     model.train()
     busy = 0.0  # seconds spent loading and training, for images/s
     tick_busy, tick_step, evaluated_at = busy, step, None
+    signals = StopSignals().__enter__()
     try:
         while step < total_steps:
             epoch, position = divmod(step, steps_per_epoch)
@@ -317,8 +370,11 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                 micro_batches = [next(batches) for _ in range(accum)]
                 loss = train_step(train_model, micro_batches, optimizer, scaler, recipe, cfg, procs, mix)
                 if not torch.isfinite(loss):
-                    kept = f"the last good checkpoint is {out / LAST}" if (out / LAST).exists() else "no checkpoint yet"
-                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1}; stopping ({kept})")
+                    if skipped_steps >= cfg.skip_nonfinite:
+                        raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1}; stopping ({last_good()})")
+                    skipped_steps += 1
+                    warnings.warn(f"loss is {loss.item()} at step {step + 1}: step skipped, weights unchanged "
+                                  f"({skipped_steps} of at most {cfg.skip_nonfinite})", stacklevel=1)  # fmt: skip
                 if ema is not None:
                     ema.update(model)
                 step += 1
@@ -335,6 +391,12 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                     evaluated_at = step
                 if step % cfg.checkpoint_every == 0 or step == total_steps:
                     checkpoint(step)
+                if _stop_requested(signals, procs):
+                    if step % cfg.checkpoint_every != 0 and step != total_steps:
+                        checkpoint(step)
+                    signum = signals.requested or signal.SIGTERM  # another rank may have been the one signalled
+                    raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step} of {total_steps}; "
+                                      f"{last_good()}; continue with: vitkit train --resume --out {out}", signum)  # fmt: skip
         bar.close()
         if evaluated_at != step:
             run_eval(step)
@@ -343,6 +405,13 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             save(eval_model(), final, metadata={**meta, "step": str(step)})
             log.plot()
     finally:
+        signals.__exit__()
         bar.close()
         log.close()
-    return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()))
+    return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()), skipped_steps)
+
+
+def _stop_requested(signals: StopSignals, procs: distributed.Processes) -> bool:
+    """Whether any process received SIGINT/SIGTERM (torchrun passes them to every rank, not at once)."""
+    flag = torch.tensor(float(signals.requested is not None))
+    return bool(procs.mean(flag) > 0)

@@ -147,7 +147,10 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
         fields = yaml.safe_load(path.read_text()) or {}
         if not isinstance(fields, dict):
             raise ValueError(f"recipe file {path}: expected a mapping of recipe fields")
-        return recipe_from_dict({**fields, **overrides})
+        try:
+            return recipe_from_dict({**fields, **overrides})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"recipe file {path}: {e}") from None
     if name not in RECIPES:
         close = difflib.get_close_matches(name, list(RECIPES), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""

@@ -9,6 +9,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..checkpoints.io import atomic_write
+
 # figure file -> the metrics drawn in it (against the optimiser step)
 PLOTS = {
     "loss.png": ("loss", "eval_loss"),
@@ -21,7 +23,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash mid-write
+            continue
+    return records
 
 
 def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
@@ -59,7 +67,8 @@ class RunLog:
             return
         if resume_step is not None:  # drop what was logged after the checkpoint the run resumes from
             self.records = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:

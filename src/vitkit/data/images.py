@@ -1,0 +1,93 @@
+"""Reading image files as RGB, whatever their mode, with a guard against decompression bombs.
+
+Every decodable file becomes the RGB image a viewer would show: EXIF orientation applied, 16-bit
+samples scaled to 8 bits (not clipped), palettes expanded, transparency composited onto white, CMYK
+and grayscale converted. Anything else raises ImageDecodeError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# PIL's own threshold for its DecompressionBombWarning (it refuses outright only at twice this)
+MAX_PIXELS = 89_478_485
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+class ImageDecodeError(ValueError):
+    """A file that is not a decodable image (or too large to decode safely); the message names it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def check_size(path: str | os.PathLike, image: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse, from the header alone, an image whose decoded size would exceed `max_pixels`."""
+    w, h = image.size
+    if w * h > max_pixels:
+        raise ImageDecodeError(path, f"{w}x{h} pixels is over the {max_pixels:,} allowed (decompression-bomb guard)")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB image as it is meant to be seen (see the module's docstring)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grayscale (PIL reads some as 32-bit "I")
+        samples = np.asarray(image, dtype=np.float64).clip(0, 65535)
+        image = Image.fromarray(np.rint(samples / 257).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        samples = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.rint(samples.clip(0, 1) * 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                check_size(path, image, max_pixels)
+                image.load()  # a truncated file fails here, not lazily later
+                return to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
+        if isinstance(e, FileNotFoundError):
+            raise ImageDecodeError(path, "no such file") from None
+        raise ImageDecodeError(path, f"not a decodable image ({e or type(e).__name__})") from None
+
+
+def looks_intact(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | None:
+    """A cheap check without decoding the pixels: None when the file looks like a whole image, else why not.
+
+    PIL recognises the format and verifies its structure (whole-file CRCs for PNG); a JPEG must end
+    with its end-of-image marker, which a truncated one lacks."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                check_size(path, image, max_pixels)
+                fmt = image.format
+                image.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 1024))
+                if b"\xff\xd9" not in f.read():
+                    return "truncated JPEG (no end-of-image marker)"
+        return None
+    except ImageDecodeError as e:
+        return e.reason
+    except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
+        return f"not a decodable image ({e or type(e).__name__})"
