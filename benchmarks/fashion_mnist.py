@@ -33,11 +33,14 @@ def main() -> None:
     parser.add_argument("--recipe", default="fashion-cpu-long")
     parser.add_argument("--out", default="runs/bench-fashion-mnist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="bf16", help="bf16 autocast pays on CPUs with AVX512-BF16/AMX")
+    parser.add_argument("--budget-minutes", type=float, default=60.0)
     parser.add_argument("--result", default=str(RESULTS / "fashion_mnist.json"))
     args, extra = parser.parse_known_args()
 
     command = [sys.executable, "-m", "vitkit", "train", "--data", "fashion_mnist", "--model", args.model,
-               "--recipe", args.recipe, "--out", args.out, "--seed", str(args.seed), "--no-progress", *extra]  # fmt: skip
+               "--recipe", args.recipe, "--out", args.out, "--seed", str(args.seed), "--precision", args.precision,
+               "--no-progress", *extra]  # fmt: skip
     start = time.time()
     subprocess.run(command, check=True)
     wall_min = (time.time() - start) / 60
@@ -45,13 +48,17 @@ def main() -> None:
     rows = [json.loads(line) for line in open(Path(args.out) / "metrics.jsonl")]
     evals = [r for r in rows if "eval_top1" in r]
     train = [r for r in rows if "images_per_s" in r]
+    in_budget = [e for e in evals if e["time_s"] <= args.budget_minutes * 60]
     result = {
-        "model": args.model, "recipe": args.recipe, "seed": args.seed, "extra_args": extra,
+        "model": args.model, "recipe": args.recipe, "seed": args.seed, "precision": args.precision, "extra_args": extra,
+        "budget_minutes": args.budget_minutes,
+        "top1_within_budget": in_budget[-1]["eval_top1"] if in_budget else None,
         "test_top1": evals[-1]["eval_top1"], "best_test_top1": max(e["eval_top1"] for e in evals),
         "epochs": evals[-1]["epoch"], "training_minutes": evals[-1]["time_s"] / 60, "wall_minutes": wall_min,
         "minutes_to_90": first_time_at(evals, 0.90), "minutes_to_92": first_time_at(evals, 0.92),
         "minutes_to_93": first_time_at(evals, 0.93),
         "train_images_per_s": sorted(r["images_per_s"] for r in train)[len(train) // 2],
+        "eval_images_per_s": sorted(e["eval_images_per_s"] for e in evals)[len(evals) // 2],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "top1_per_epoch": [[e["epoch"], e["eval_top1"], round(e["time_s"] / 60, 2)] for e in evals],
@@ -60,12 +67,12 @@ def main() -> None:
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
     fmt = lambda m: "-" if m is None else f"{m:.1f} min"  # noqa: E731
-    print(f"| model | test top-1 | best | to 90% | to 92% | training time | train img/s | peak RSS |\n"
-          f"|---|---|---|---|---|---|---|---|\n"
-          f"| {args.model} | {result['test_top1']:.2%} | {result['best_test_top1']:.2%} | {fmt(result['minutes_to_90'])} "
-          f"| {fmt(result['minutes_to_92'])} | {result['training_minutes']:.1f} min | {result['train_images_per_s']:.0f} "
-          f"| {result['peak_rss_mb']:.0f} MB |")  # fmt: skip
-
+    pct = lambda x: "-" if x is None else f"{x:.2%}"  # noqa: E731
+    print(f"| model | top-1 within {args.budget_minutes:.0f} min | final | to 90% | to 92% | training time "
+          f"| train img/s | eval img/s | peak RSS |\n|---|---|---|---|---|---|---|---|---|\n"
+          f"| {args.model} | {pct(result['top1_within_budget'])} | {pct(result['test_top1'])} "
+          f"| {fmt(result['minutes_to_90'])} | {fmt(result['minutes_to_92'])} | {result['training_minutes']:.1f} min "
+          f"| {result['train_images_per_s']:.0f} | {result['eval_images_per_s']:.0f} | {result['peak_rss_mb']:.0f} MB |")  # fmt: skip
 
 if __name__ == "__main__":
     main()

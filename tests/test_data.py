@@ -152,6 +152,20 @@ def test_train_transform_gives_normalised_model_input():
     assert -1.0 <= x.min() and x.max() <= 1.0  # the paper's [-1, 1] (mean = std = 0.5)
 
 
+def test_padded_crop_shifts_the_image_without_resampling():
+    cfg = vitkit.get_config("vit_nano_patch4_28")
+    image = torch.randint(1, 256, (1, 28, 28), dtype=torch.uint8)
+    transform = train_transform(cfg, 1, hflip=False, crop_padding=3)
+    shifts = set()
+    for _ in range(20):
+        x = ((transform(tv_tensors.Image(image)) * 0.5 + 0.5) * 255).round().to(torch.uint8)
+        padded = torch.nn.functional.pad(image, (3, 3, 3, 3))
+        found = [(dy, dx) for dy in range(7) for dx in range(7) if torch.equal(padded[:, dy:dy + 28, dx:dx + 28], x)]
+        assert len(found) == 1  # exactly a window of the zero-padded image
+        shifts.add(found[0])
+    assert len(shifts) > 5
+
+
 def test_eval_transform_resizes_and_centre_crops():
     cfg = vitkit.get_config("vit_test_patch4_16", crop_pct=0.875)
     image = Image.new("L", (40, 30), 255)

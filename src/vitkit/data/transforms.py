@@ -46,14 +46,20 @@ def train_transform(
     hflip: bool = True,
     randaugment: tuple[int, int] | None = None,
     random_erasing: float = 0.0,
+    crop_padding: int | None = None,
 ) -> v2.Compose:
-    """Inception crop (area fraction in `crop_scale`) resized to cfg.img_size, optional horizontal flip,
+    """Inception crop (area fraction in `crop_scale`) resized to cfg.img_size, or with `crop_padding`
+    a random img_size crop of the image padded by that many zero pixels (shifts, no resampling: the
+    usual augmentation of small datasets at their own resolution); optional horizontal flip,
     RandAugment(num_ops, magnitude), normalisation, random erasing with probability `random_erasing`."""
-    ops: list[v2.Transform] = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(cfg.img_size, scale=crop_scale, interpolation=v2.InterpolationMode(cfg.interpolation),
-                             antialias=True),
-    ]  # fmt: skip
+    interpolation = v2.InterpolationMode(cfg.interpolation)
+    crop = (
+        v2.RandomResizedCrop(cfg.img_size, scale=crop_scale, interpolation=interpolation, antialias=True)
+        if crop_padding is None
+        else v2.Compose([v2.Resize(cfg.img_size, interpolation=interpolation, antialias=True),
+                         v2.RandomCrop(cfg.img_size, padding=crop_padding)])
+    )  # fmt: skip
+    ops: list[v2.Transform] = [v2.ToImage(), crop]
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     if randaugment is not None:

@@ -255,7 +255,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     train_set = _limit(data.train, cfg.limit_train)
     hflip = recipe.hflip and data.hflip
     transform = train_transform(
-        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing
+        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing, recipe.crop_padding
     )
     train_data = SeededTransform(train_set, transform, seed=cfg.seed)
     sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
@@ -335,10 +335,12 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     def run_eval(at: int) -> None:
         nonlocal best_top1, last_eval
         if main:
+            started = time.time()
             last_eval = evaluate(eval_model(), test_loader, len(data.classes), device, cfg.precision)
             log.write({
                 "step": at, "epoch": at / steps_per_epoch, "eval_top1": last_eval.top1, "eval_top5": last_eval.top5,
-                "eval_loss": last_eval.loss, "time_s": elapsed + time.time() - t0,
+                "eval_loss": last_eval.loss, "eval_images_per_s": last_eval.n / max(time.time() - started, 1e-9),
+                "time_s": elapsed + time.time() - t0,
             })  # fmt: skip
             if best_top1 is None or last_eval.top1 > best_top1:
                 best_top1 = last_eval.top1

@@ -50,6 +50,7 @@ class Recipe:
     drop_path: float = option(0.0, "stochastic depth rate of the last block")
     img_size: int | None = option(None, "training resolution ('none': the model's)")
     crop_scale: tuple[float, float] = option((0.05, 1.0), "inception crop's area range")
+    crop_padding: int | None = option(None, "instead of the inception crop: pad by N pixels, crop at random")
     hflip: bool = option(True, "random horizontal flips (where the dataset allows)")
     randaugment: tuple[int, int] | None = option(None, "RandAugment num_ops magnitude ('none': off)")
     mixup: float = option(0.0, "Mixup alpha (0: off)")
@@ -82,6 +83,7 @@ class Recipe:
             *[(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1)")
               for k in ("label_smoothing", "dropout", "drop_path", "random_erasing")],
             (self.img_size is None or self.img_size > 0, "img_size must be positive"),
+            (self.crop_padding is None or self.crop_padding >= 0, "crop_padding must be >= 0 or none"),
             (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              "crop_scale must be two numbers, 0 < min <= max <= 1"),
             (self.randaugment is None or (len(self.randaugment) == 2 and self.randaugment[0] >= 0
@@ -130,10 +132,13 @@ RECIPES: dict[str, Recipe] = {
         optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=5, warmup=0.05, decay="cosine",
         clip_grad=1.0, label_smoothing=0.1, crop_scale=(0.85, 1.0),
     ),
-    # The Fashion-MNIST benchmark: vit_fashion_patch4_28 for 19 epochs, under an hour on 2 CPU cores
+    # The Fashion-MNIST benchmark: vit_fashion_patch4_28 with bf16 autocast, 28 epochs in under an hour on
+    # 2 CPU cores. A first run (19 epochs in fp32, drop_path 0.1, random erasing 0.25) reached 89.2%;
+    # over 1.5-epoch probes, lr 2e-3 beat 1e-3 (80.5% vs 79.0%) and mean pooling (79.1%), and the
+    # 85-100% crops beat shifts of up to 2 pixels (76.7% vs 73.8% after one epoch).
     "fashion-cpu-long": Recipe(
-        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=19, warmup=0.05, decay="cosine",
-        clip_grad=1.0, label_smoothing=0.1, drop_path=0.1, crop_scale=(0.85, 1.0), random_erasing=0.25,
+        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=28, warmup=0.05, decay="cosine",
+        clip_grad=1.0, label_smoothing=0.1, drop_path=0.05, crop_scale=(0.85, 1.0),
     ),
 }
 
