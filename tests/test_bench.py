@@ -120,3 +120,16 @@ def test_cli_json_is_one_object_on_stdout_and_the_table_goes_to_stderr(capsys):
         assert field in result
     assert result["ratio"] > 0
     assert "vitkit / timm" in err and timm.__version__ == result["timm_version"]
+
+
+def test_top1_agreement_counts_matching_classes_between_precisions():
+    from vitkit.precision import top1_agreement
+
+    model = vitkit.create_model("vit_test_patch4_16", num_classes=7)
+    torch.nn.init.normal_(model.head.weight)
+    batches = [torch.randn(5, 3, 16, 16), torch.randn(3, 3, 16, 16)]
+    same = top1_agreement(model, batches, torch.float32)
+    assert same == {"agreement": 1.0, "n": 8, "max_abs_logit_diff": 0.0}
+    low = top1_agreement(model, batches, torch.bfloat16)
+    assert low["n"] == 8 and 0 < low["max_abs_logit_diff"] < 0.5 and low["agreement"] in {k / 8 for k in range(9)}
+    assert next(model.parameters()).dtype == torch.float32

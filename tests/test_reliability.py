@@ -99,8 +99,10 @@ def train_args(data_root: str, out: Path) -> list[str]:
 
 
 def launch(runner: Path, argv: list[str], **env: str) -> subprocess.Popen:
+    """The runner in a process group of its own (with its DataLoader workers), as a shell starts a job."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.Popen([sys.executable, str(runner), *argv], env=environment, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, str(runner), *argv], env=environment, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
 
 
 def run(runner: Path, argv: list[str], **env: str) -> tuple[int, str]:
@@ -172,10 +174,11 @@ def test_sigkill_at_random_points_then_resume_ends_bit_identical(runner, data_ro
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_stop_with_a_final_checkpoint(runner, data_root, reference, tmp_path, signum):
     out = tmp_path / "run"
-    process = launch(runner, train_args(data_root, out), STEP_DELAY="0.05")
+    argv = [*train_args(data_root, out), "--workers", "1"]  # the worker gets the signal too, as from a terminal
+    process = launch(runner, argv, STEP_DELAY="0.05")
     while logged_steps(out) < 5 and process.poll() is None:
         time.sleep(0.02)
-    process.send_signal(signum)
+    os.killpg(process.pid, signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err[-2000:]
     last = err.strip().splitlines()[-1]

@@ -44,7 +44,10 @@ Library = Literal["vitkit", "timm"]
 DeviceType = Literal["cpu", "cuda"]
 
 FP32_ATOL = 1e-4  # largest |vitkit - timm| accepted in fp32
-LOW_PRECISION_RTOL = 1e-2  # largest ‖vitkit - timm‖ / ‖timm‖ accepted in bf16 / fp16
+# In bf16/fp16 the two libraries round differently (vitkit's explicit attention on CPU, timm's fused
+# kernel): each lands about 1% from the fp32 result on ViT-S/16, and about 1% from the other. What is
+# checked is that vitkit is no further from fp32 than timm is, give or take this factor.
+LOW_PRECISION_FACTOR = 1.5
 
 
 # ---- FLOPs, from the config ----------------------------------------------------------------------
@@ -181,27 +184,35 @@ def check_agreement(
 ) -> float:
     """Run `model` and its timm twin as the benchmark runs them (low-precision weights for inference,
     fp32 weights under autocast for training) on the same images; compare tokens after the final norm
-    and logits. `model` is moved (and cast) in place. Returns max |vitkit - timm|; raises if it exceeds
-    1e-4 in fp32, or the relative error exceeds 1e-2."""
+    and logits. `model` is moved (and cast) in place. Returns max |vitkit - timm|. Raises if that exceeds
+    1e-4 in fp32; in bf16/fp16, if vitkit's relative distance to the fp32 result is more than
+    LOW_PRECISION_FACTOR times timm's."""
     model = model.to(device).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch_size, model.config.in_chans, *model.config.img_size, generator=g).to(device)
+
+    def outputs(net: nn.Module, prec: Precision) -> list[torch.Tensor]:
+        with torch.inference_mode(), autocast(device, prec if mode == "train" else "fp32"):
+            dtype = DTYPES[prec] if mode == "infer" and prec != "fp32" else torch.float32
+            tokens = net.forward_features(x.to(dtype))  # (B, T, D) after the final norm
+            return [tokens.float(), net.forward_head(tokens).float()]
+
+    reference = outputs(model, "fp32") if precision != "fp32" else None
     if mode == "infer" and precision != "fp32":
         model = model.to(DTYPES[precision])
     twin = timm_twin(model).eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch_size, model.config.in_chans, *model.config.img_size, generator=g)
-    x = x.to(device=device, dtype=next(model.parameters()).dtype)
-    with torch.inference_mode(), autocast(device, precision if mode == "train" else "fp32"):
-        ours, theirs = model.forward_features(x), twin.forward_features(x)  # (B, T, D) after the final norm
-        pairs = [(ours, theirs), (model.forward_head(ours), twin.forward_head(theirs))]
-    worst, rel = 0.0, 0.0
-    for a, b in pairs:
-        diff = a.float() - b.float()
-        worst = max(worst, diff.abs().max().item())
-        rel = max(rel, (diff.norm() / b.float().norm().clamp_min(1e-12)).item())
-    if (precision == "fp32" and not worst <= FP32_ATOL) or not rel <= LOW_PRECISION_RTOL:
+    ours, theirs = outputs(model, precision), outputs(twin, precision)
+    worst = max((a - b).abs().max().item() for a, b in zip(ours, theirs))
+    if precision == "fp32":
+        if not worst <= FP32_ATOL:
+            raise RuntimeError(f"vitkit and timm disagree on {model.config.name} (fp32, {mode}): max |diff| {worst:.3g}")
+        return worst
+    assert reference is not None
+    rel = lambda outs: max(((o - r).norm() / r.norm().clamp_min(1e-12)).item() for o, r in zip(outs, reference))  # noqa: E731
+    if not rel(ours) <= LOW_PRECISION_FACTOR * rel(theirs) + 1e-3:
         raise RuntimeError(
-            f"vitkit and timm disagree on {model.config.name} ({precision}, {mode}): max |diff| {worst:.3g}, "
-            f"relative {rel:.3g}"
+            f"vitkit is further from fp32 than timm on {model.config.name} ({precision}, {mode}): relative "
+            f"{rel(ours):.3g} vs {rel(theirs):.3g}"
         )
     return worst
 
@@ -259,7 +270,10 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Ca
     model.load_state_dict(load_file(spec.weights_path), assign=True)  # the file's tensors become the parameters
     model = model.to(device)
     images = images.to(device)
-    run = torch.compile(model) if spec.compile else model
+    # Inference compiles with inductor's freezing: the weights become constants, prepacked for the CPU's
+    # matmul kernels and folded where they can be (it needs the module to stay in inference mode).
+    options = {"freezing": True} if spec.mode == "infer" else None
+    run = torch.compile(model, options=options) if spec.compile else model
     if spec.mode == "infer":
         model.eval()
         if spec.precision != "fp32":  # low-precision weights: no casts on the hot path, unlike autocast

@@ -5,6 +5,7 @@ several processes, see exactly the inputs of a single uninterrupted run."""
 from __future__ import annotations
 
 import itertools
+import signal
 from typing import Any, Callable, Iterator
 
 import torch
@@ -83,6 +84,13 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it (and SIGTERM), so that the training
+    process can finish its step and checkpoint (vitkit.train.loop.StopSignals); it stops them after."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, sampler: ResumableSampler, workers: int, drop_last: bool, pin_memory: bool
 ) -> DataLoader:
@@ -90,5 +98,5 @@ def make_loader(
     leaves the global generator (dropout, Mixup) untouched."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), worker_init_fn=_leave_signals_to_the_trainer,
     )  # fmt: skip

@@ -70,16 +70,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(x)
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # PyTorch's fused CPU kernel is slow in bf16 (forward 1.5-1.8x, forward+backward 2.3-6x slower
-            # than the explicit softmax(q kᵀ/√d) v: benchmarks/attention_cpu.py)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+            # Training in bf16 on the CPU: PyTorch's fused kernel's backward is 2-5x slower than that of
+            # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py), which makes a whole ViT-S/16
+            # step 1.14x faster than timm's, for more memory (the T x T weights are kept for the backward).
+            # Without gradients the fused kernel is as fast, in the whole model (benchmarks/bench_table.py).
             return self._merge_heads(self._attend(q, k, v)[0])
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self._merge_heads(x)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(q kᵀ / √d) v, explicitly: -> (B, heads, T, D/heads), the weights (B, heads, T, T)."""
-        weights = (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)
+        weights = (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, T, T)
         return F.dropout(weights, self.attn_drop, self.training) @ v, weights
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
