@@ -37,10 +37,13 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def profile_step(model: torch.nn.Module, precision: str, mode: str, batch: int, threads: int) -> dict[str, float]:
+def profile_step(
+    model: torch.nn.Module, precision: str, mode: str, shape: tuple[int, ...], threads: int
+) -> dict[str, float]:
+    """Milliseconds per step in each operator group, for inputs of `shape` (B, C, H, W)."""
     torch.set_num_threads(threads)
-    cfg_size = 224
-    x = torch.randn(batch, 3, cfg_size, cfg_size)
+    x = torch.randn(shape)
+    batch = shape[0]
     if mode == "infer":
         model.eval()
         if precision != "fp32":
@@ -79,9 +82,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     model = bench_model(args.model)
+    shape = (args.batch_size, model.config.in_chans, *model.config.img_size)
     rows = {}
     for library, m in (("vitkit", model), ("timm", timm_twin(model))):
-        rows[library] = profile_step(m, args.precision, args.mode, args.batch_size, args.threads)
+        rows[library] = profile_step(m, args.precision, args.mode, shape, args.threads)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"profile_{args.model}_{args.precision}_{args.mode}.json"
     out.write_text(json.dumps({"args": vars(args), "ms_per_step": rows}, indent=2) + "\n")

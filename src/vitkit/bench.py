@@ -208,11 +208,14 @@ def check_agreement(
             raise RuntimeError(f"vitkit and timm disagree on {model.config.name} (fp32, {mode}): max |diff| {worst:.3g}")
         return worst
     assert reference is not None
-    rel = lambda outs: max(((o - r).norm() / r.norm().clamp_min(1e-12)).item() for o, r in zip(outs, reference))  # noqa: E731
-    if not rel(ours) <= LOW_PRECISION_FACTOR * rel(theirs) + 1e-3:
+    ours_rel, theirs_rel = (
+        max(((o - r).norm() / r.norm().clamp_min(1e-12)).item() for o, r in zip(outs, reference))
+        for outs in (ours, theirs)
+    )
+    if not ours_rel <= LOW_PRECISION_FACTOR * theirs_rel + 1e-3:
         raise RuntimeError(
             f"vitkit is further from fp32 than timm on {model.config.name} ({precision}, {mode}): relative "
-            f"{rel(ours):.3g} vs {rel(theirs):.3g}"
+            f"{ours_rel:.3g} vs {theirs_rel:.3g}"
         )
     return worst
 

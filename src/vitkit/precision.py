@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from typing import Iterable, Literal
 
 import torch
@@ -22,15 +23,27 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 
 
 @torch.inference_mode()
-def top1_agreement(model: torch.nn.Module, batches: Iterable[torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict:
+def top1_agreement(
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    dtype: torch.dtype = torch.bfloat16,
+    labels: Iterable[torch.Tensor] | None = None,
+) -> dict:
     """How often `model` with its weights cast to `dtype` picks the same class as in fp32, over the images
-    (B, C, H, W) of `batches`: {"agreement", "n", "max_abs_logit_diff"}. `model` itself is left in fp32."""
+    (B, C, H, W) of `batches`: {"agreement", "n", "max_abs_logit_diff"}; with the `labels` (B,) of each
+    batch, also both top-1 accuracies ("fp32_top1", "low_top1"). `model` itself is left in fp32."""
     low = copy.deepcopy(model).to(dtype).eval()
     model.eval()
-    same, n, worst = 0, 0, 0.0
-    for images in batches:
+    same, n, worst, right, low_right = 0, 0, 0.0, 0, 0
+    for images, truth in zip(batches, labels if labels is not None else itertools.repeat(None)):
         reference, approx = model(images.float()), low(images.to(dtype)).float()
-        same += int((reference.argmax(-1) == approx.argmax(-1)).sum())
+        picked, low_picked = reference.argmax(-1), approx.argmax(-1)
+        same += int((picked == low_picked).sum())
         n += len(images)
         worst = max(worst, float((reference - approx).abs().max()))
-    return {"agreement": same / max(n, 1), "n": n, "max_abs_logit_diff": worst}
+        if truth is not None:
+            right, low_right = right + int((picked == truth).sum()), low_right + int((low_picked == truth).sum())
+    result = {"agreement": same / max(n, 1), "n": n, "max_abs_logit_diff": worst}
+    if labels is not None:
+        result.update(fp32_top1=right / max(n, 1), low_top1=low_right / max(n, 1))
+    return result

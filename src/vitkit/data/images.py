@@ -7,8 +7,10 @@ and grayscale converted. Anything else raises ImageDecodeError naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,21 +54,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `path` fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise."""
+@contextlib.contextmanager
+def _guarded_open(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+    """PIL's Image.open with the size guard; any failure inside, reading or decoding, becomes an
+    ImageDecodeError naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 check_size(path, image, max_pixels)
-                image.load()  # a truncated file fails here, not lazily later
-                return to_rgb(image)
+                yield image
     except ImageDecodeError:
         raise
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "no such file") from None
     except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
-        if isinstance(e, FileNotFoundError):
-            raise ImageDecodeError(path, "no such file") from None
         raise ImageDecodeError(path, f"not a decodable image ({e or type(e).__name__})") from None
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `path` fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise."""
+    with _guarded_open(path, max_pixels) as image:
+        image.load()  # a truncated file fails here, not lazily later
+        return to_rgb(image)
 
 
 def looks_intact(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | None:
@@ -75,19 +85,14 @@ def looks_intact(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str |
     PIL recognises the format and verifies its structure (whole-file CRCs for PNG); a JPEG must end
     with its end-of-image marker, which a truncated one lacks."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                check_size(path, image, max_pixels)
-                fmt = image.format
-                image.verify()
-        if fmt == "JPEG":
-            with open(path, "rb") as f:
-                f.seek(max(0, os.path.getsize(path) - 1024))
-                if b"\xff\xd9" not in f.read():
-                    return "truncated JPEG (no end-of-image marker)"
-        return None
+        with _guarded_open(path, max_pixels) as image:
+            fmt = image.format
+            image.verify()
     except ImageDecodeError as e:
         return e.reason
-    except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
-        return f"not a decodable image ({e or type(e).__name__})"
+    if fmt == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 1024))
+            if b"\xff\xd9" not in f.read():
+                return "truncated JPEG (no end-of-image marker)"
+    return None

@@ -32,8 +32,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from .. import create_model
-from ..checkpoints.io import save
-from ..checkpoints.io import atomic_write
+from ..checkpoints.io import atomic_write, save
 from ..checkpoints.load import load_checkpoint
 from ..data import (
     DataSource, ResumableSampler, SeededTransform, batch_mix, load_data, make_loader, mix_seed, per_channel,
@@ -82,12 +81,13 @@ class StopSignals:
             raise KeyboardInterrupt
         self.requested = signum
 
-    def __enter__(self) -> "StopSignals":
+    def install(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def restore(self) -> None:
+        """Put back the handlers that were there before install()."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
@@ -355,7 +355,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     model.train()
     busy = 0.0  # seconds spent loading and training, for images/s
     tick_busy, tick_step, evaluated_at = busy, step, None
-    signals = StopSignals().__enter__()
+    signals = StopSignals().install()
     try:
         while step < total_steps:
             epoch, position = divmod(step, steps_per_epoch)
@@ -391,10 +391,11 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                 if step % steps_per_epoch == 0:
                     run_eval(step)
                     evaluated_at = step
-                if step % cfg.checkpoint_every == 0 or step == total_steps:
+                checkpoint_due = step % cfg.checkpoint_every == 0 or step == total_steps
+                if checkpoint_due:
                     checkpoint(step)
                 if _stop_requested(signals, procs):
-                    if step % cfg.checkpoint_every != 0 and step != total_steps:
+                    if not checkpoint_due:
                         checkpoint(step)
                     signum = signals.requested or signal.SIGTERM  # another rank may have been the one signalled
                     raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step} of {total_steps}; "
@@ -407,7 +408,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             save(eval_model(), final, metadata={**meta, "step": str(step)})
             log.plot()
     finally:
-        signals.__exit__()
+        signals.restore()
         bar.close()
         log.close()
     return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()), skipped_steps)

@@ -135,7 +135,7 @@ def newest_intact(out: str | os.PathLike) -> Resumable | None:
 def remove_partial_writes(out: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that a crash during atomic_write left in the checkpoint folder."""
     folder = Path(out) / CHECKPOINT_DIR
-    stale = [p for p in folder.glob(".*.tmp")] if folder.is_dir() else []
+    stale = list(folder.glob(".*.tmp")) if folder.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
