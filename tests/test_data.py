@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -219,3 +220,60 @@ def test_resumable_sampler_skips_into_the_epoch_and_shards_like_distributed_samp
         s.set_position(epoch=2)
     rank0, rank1 = (list(s) for s in shards)
     assert rank0 == order[0::2] and rank1 == order[1::2]
+
+
+# ---- the batched path for images held in memory (vitkit.data.batched) -----------------------------------
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("interpolation, size, scale, channels", [
+    ("bicubic", 28, (0.85, 1.0), 1),  # the Fashion-MNIST recipe: upsampled crops
+    ("bilinear", 20, (0.05, 1.0), 1),  # downsampled crops: torchvision's antialiasing
+    ("bicubic", 40, (0.08, 1.0), 3),  # a larger RGB model: the gray channel repeated
+])  # fmt: skip
+def test_batched_crops_equal_the_per_image_transforms_on_float_images(fashion, interpolation, size, scale, channels):
+    from torchvision.transforms import v2
+
+    from vitkit.data.batched import batched_training_data, in_memory
+
+    cfg = dataclasses.replace(vitkit.get_config("vit_fashion_patch4_28"), interpolation=interpolation,
+                              img_size=(size, size), in_chans=channels)  # fmt: skip
+    dataset, collate = batched_training_data(fashion.train, cfg, 1, scale, hflip=True, seed=3)
+    dataset.set_epoch(2)
+    images, labels = collate([dataset[i] for i in range(48)])
+
+    # the reference: torchvision's per-image pipeline, on float images, seeded by (seed, epoch, index)
+    reference = SeededTransform(in_memory(fashion.train), v2.Compose([
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode(interpolation), antialias=True),
+        v2.RandomHorizontalFlip(), v2.Lambda(lambda x: x.clamp(0, 1)), v2.Grayscale(channels) if channels == 3
+        else v2.Identity(), v2.Normalize([0.5] * channels, [0.5] * channels),
+    ]), seed=3)  # fmt: skip
+    reference.set_epoch(2)
+    expected = torch.stack([reference[i][0] for i in range(48)])
+    assert images.shape == (48, channels, size, size)
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+    assert labels.tolist() == [fashion.train[i][1] for i in range(48)]
+    flips = torch.stack([dataset[i][1] for i in range(48)])[:, 4]
+    assert 0 < flips.sum() < 48  # some flipped, some not
+
+    # PIL's 8-bit resampling on the per-image path (rounded, and clipped between its two passes) differs by
+    # a fraction of a grey level on average (a few pixels at sharp bicubic edges by up to ~15 levels)
+    per_image = SeededTransform(fashion.train, train_transform(cfg, 1, scale, hflip=True), seed=3)
+    per_image.set_epoch(2)
+    grey_levels = (images - torch.stack([per_image[i][0] for i in range(48)])).abs() * 0.5 * 255
+    assert grey_levels.mean() < 0.5
+
+
+@needs_fashion_mnist
+def test_batched_evaluation_equals_the_per_image_transform(fashion):
+    from torch.utils.data import Subset
+
+    from vitkit.evaluate import eval_loader
+
+    cfg = dataclasses.replace(vitkit.get_config("vit_fashion_patch4_28"), img_size=(24, 24), crop_pct=0.875)
+    subset = Subset(fashion.test, range(100, 140))
+    images, labels = next(iter(eval_loader(subset, cfg, 1, batch_size=40)))
+    transform = eval_transform(cfg, 1)
+    assert torch.equal(images, torch.stack([transform(fashion.test[i][0]) for i in range(100, 140)]))
+    assert labels.tolist() == [fashion.test[i][1] for i in range(100, 140)]

@@ -99,6 +99,7 @@ def test_a_run_directory_holds_config_metrics_checkpoints_and_plots(data_root, t
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["train"]["recipe"]["lr"] == RECIPES["fashion-cpu"].lr and config["train"]["recipe_name"] == "fashion-cpu"
     assert config["model"]["num_classes"] == 10 and config["derived"]["steps_per_epoch"] == 4
+    assert config["derived"]["augmentation"] == "batched"  # Fashion-MNIST is in memory: vitkit.data.batched
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in records if "eval_top1" in r] == [4, 8]  # every epoch
@@ -215,5 +216,6 @@ def test_training_on_an_image_folder_skips_and_counts_undecodable_images(tmp_pat
         result = fit(make_config({"steps": 2, "batch_size": 4}, data=f"imagefolder:{tmp_path / 'data'}",
                                  model="vit_test_patch4_16", out=str(tmp_path / "run"), progress=False, workers=0))  # fmt: skip
     assert result.skipped_images == 1 and "skipped 1 undecodable images" in result.summary()
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["recipe_name"] == "deit"
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["train"]["recipe_name"] == "deit" and config["derived"]["augmentation"] == "per-image"
     assert vitkit.load(result.checkpoint).config.num_classes == 3

@@ -4,6 +4,7 @@ several processes, see exactly the inputs of a single uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 from typing import Any, Callable, Iterator
@@ -23,6 +24,19 @@ def mix_seed(*values: int) -> int:
         h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK
         h ^= h >> 31
     return h >> 1  # torch.manual_seed takes up to 2**63 - 1
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """The global CPU generator seeded with `seed` inside, left as it was outside (the generator's own
+    manual_seed: torch.manual_seed also seeds accelerators, and is 50x slower)."""
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
 
 
 class Transformed(Dataset):
@@ -55,14 +69,8 @@ class SeededTransform(Transformed):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.dataset[i]
-        # the CPU generator's own manual_seed: torch.manual_seed also seeds accelerators, and is 50x slower
-        generator = torch.default_generator
-        state = generator.get_state()
-        generator.manual_seed(mix_seed(self.seed, self.epoch, i))
-        try:
+        with seeded(mix_seed(self.seed, self.epoch, i)):
             return self.transform(image), label
-        finally:
-            generator.set_state(state)  # the caller's generator is left as it was
 
 
 class ResumableSampler(DistributedSampler):
@@ -92,11 +100,17 @@ def _leave_signals_to_the_trainer(worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, sampler: ResumableSampler, workers: int, drop_last: bool, pin_memory: bool
+    dataset: Dataset,
+    batch_size: int,
+    sampler: ResumableSampler,
+    workers: int,
+    drop_last: bool,
+    pin_memory: bool,
+    collate: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """A DataLoader whose own generator (not the global one) seeds its workers, so creating it mid-run
     leaves the global generator (dropout, Mixup) untouched."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), worker_init_fn=_leave_signals_to_the_trainer,
+        pin_memory=pin_memory, collate_fn=collate, generator=torch.Generator().manual_seed(0), worker_init_fn=_leave_signals_to_the_trainer,
     )  # fmt: skip

@@ -22,7 +22,7 @@ def per_channel(values: Sequence[float], channels: int) -> list[float]:
     return [sum(values) / len(values)] * channels
 
 
-def _match_channels(data_channels: int, model_channels: int) -> list[v2.Transform]:
+def match_channels(data_channels: int, model_channels: int) -> list[v2.Transform]:
     """Grayscale data into an RGB model repeats the channel; RGB data into a grayscale model takes luma."""
     if data_channels == model_channels:
         return []
@@ -31,12 +31,13 @@ def _match_channels(data_channels: int, model_channels: int) -> list[v2.Transfor
     raise ValueError(f"cannot feed {data_channels}-channel images to a model with in_chans={model_channels}")
 
 
+def normalize(cfg: ViTConfig) -> v2.Normalize:
+    """(x - mean) / std per channel, as the weights expect (x in [0, 1])."""
+    return v2.Normalize(per_channel(cfg.mean, cfg.in_chans), per_channel(cfg.std, cfg.in_chans))
+
+
 def _finish(cfg: ViTConfig, data_channels: int) -> list[v2.Transform]:
-    C = cfg.in_chans
-    return _match_channels(data_channels, C) + [
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(per_channel(cfg.mean, C), per_channel(cfg.std, C)),
-    ]
+    return match_channels(data_channels, cfg.in_chans) + [v2.ToDtype(torch.float32, scale=True), normalize(cfg)]
 
 
 def train_transform(

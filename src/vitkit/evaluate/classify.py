@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import Transformed, eval_transform
+from ..data.batched import TransformBatch, in_memory
 from ..models import ViTConfig
 from ..precision import Precision, autocast
 
@@ -44,7 +45,13 @@ class Evaluation:
 def eval_loader(
     dataset: Dataset, cfg: ViTConfig, data_channels: int, batch_size: int = 256, workers: int = 0
 ) -> DataLoader:
-    """Batches of (images (B, C, H, W) as the model expects them, labels (B,)) in dataset order."""
+    """Batches of (images (B, C, H, W) as the model expects them, labels (B,)) in dataset order; images
+    held in memory are transformed a whole batch at a time."""
+    images = in_memory(dataset)
+    if images is not None:
+        return DataLoader(
+            images, batch_size=batch_size, num_workers=workers, collate_fn=TransformBatch(eval_transform(cfg, data_channels))
+        )
     return DataLoader(
         Transformed(dataset, eval_transform(cfg, data_channels)), batch_size=batch_size, num_workers=workers,
         generator=torch.Generator().manual_seed(0),

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from .. import create_model
 from ..checkpoints.io import atomic_write, save
 from ..checkpoints.load import load_checkpoint
+from ..data.batched import batched_training_data
 from ..data import (
     DataSource, ResumableSampler, SeededTransform, batch_mix, load_data, make_loader, mix_seed, per_channel,
     train_transform,
@@ -150,10 +151,30 @@ def _build_model(cfg: TrainConfig, data: DataSource) -> VisionTransformer:
     return create_model(cfg.model, **overrides)
 
 
-def _workers(cfg: TrainConfig, procs: distributed.Processes) -> int:
+def _workers(cfg: TrainConfig, procs: distributed.Processes, batched: bool = False) -> int:
+    """Loading processes: a core's worth of per-image transforms, or none for batched ones on 2 cores
+    (their few ms a batch cost less than a worker's competition with the training threads)."""
     if cfg.workers is not None:
         return cfg.workers
-    return max(1, min(8, (os.cpu_count() or 2) // procs.world_size - 1))
+    spare = (os.cpu_count() or 2) // procs.world_size - (2 if batched else 1)
+    return max(0 if batched else 1, min(8, spare))
+
+
+def _training_data(
+    train_set: torch.utils.data.Dataset, mcfg: Any, data: DataSource, cfg: TrainConfig
+) -> tuple[torch.utils.data.Dataset, Any]:
+    """(dataset, collate) of the training images: crops and flips of in-memory images on whole batches
+    where the recipe asks for no more (vitkit.data.batched), else the per-image v2 transforms."""
+    recipe = cfg.recipe
+    hflip = recipe.hflip and data.hflip
+    if recipe.randaugment is None and recipe.random_erasing == 0 and recipe.crop_padding is None:
+        batched = batched_training_data(train_set, mcfg, data.channels, recipe.crop_scale, hflip, cfg.seed)
+        if batched is not None:
+            return batched
+    transform = train_transform(
+        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing, recipe.crop_padding
+    )
+    return SeededTransform(train_set, transform, seed=cfg.seed), None
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -253,14 +274,11 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     accum = per_rank // micro
 
     train_set = _limit(data.train, cfg.limit_train)
-    hflip = recipe.hflip and data.hflip
-    transform = train_transform(
-        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing, recipe.crop_padding
-    )
-    train_data = SeededTransform(train_set, transform, seed=cfg.seed)
+    train_data, collate = _training_data(train_set, mcfg, data, cfg)
     sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
-    workers = _workers(cfg, procs)
-    loader = make_loader(train_data, micro, sampler, workers, drop_last=True, pin_memory=device.type == "cuda")
+    workers = _workers(cfg, procs, batched=collate is not None)
+    loader = make_loader(train_data, micro, sampler, workers, drop_last=True, pin_memory=device.type == "cuda",
+                         collate=collate)  # fmt: skip
     steps_per_epoch = sampler.num_samples // per_rank
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(train_set)} training images")
@@ -301,6 +319,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         _write_config(cfg, model, data, {"derived": {
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": workers,
+            "augmentation": "per-image" if collate is None else "batched",
             "train_images": len(train_set), "test_images": len(test_loader.dataset),
         }})  # fmt: skip
     procs.barrier()
