@@ -1,6 +1,8 @@
 """Self-attention kernels on the CPU: PyTorch's fused scaled_dot_product_attention against the explicit
-softmax(q kᵀ/√d) v, in fp32 and bf16, forward and forward+backward, at the shapes vitkit trains and
-benchmarks. This is the measurement behind vit.Attention's choice of the explicit path for bf16 on CPU.
+softmax(q kᵀ/√d) v (autograd keeps the T×T weights) and vitkit's recomputed form (vitkit.models.attention:
+the weights recomputed in the backward pass), in fp32 and bf16, forward and forward+backward, at the
+shapes vitkit trains and benchmarks. This is the measurement behind vit.Attention's choice for bf16
+training on the CPU.
 
     .venv/bin/python benchmarks/attention_cpu.py [--threads 2]
 
@@ -18,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vitkit.models.attention import recomputed_attention
+
 RESULTS = Path(__file__).parent / "results"
 # (batch, heads, tokens, head_dim): Fashion-MNIST training (vit_fashion_patch4_28, batch 128), ViT-S/16 and
 # ViT-B/16 at 224 with batch 16
@@ -26,6 +30,13 @@ SHAPES = {"fashion p4/D128 b128": (128, 4, 50, 32), "ViT-S/16 b16": (16, 6, 197,
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+
+def recomputed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return recomputed_attention(q, k, v, q.shape[-1] ** -0.5)
+
+
+KERNELS = {"fused": F.scaled_dot_product_attention, "explicit": explicit, "recomputed": recomputed}
 
 
 def median_ms(fn, repeats: int = 20) -> float:
@@ -49,17 +60,18 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
             row = {"shape": label, "dtype": str(dtype).removeprefix("torch.")}
-            for name, attend in (("fused", F.scaled_dot_product_attention), ("explicit", explicit)):
+            for name, attend in KERNELS.items():
                 with torch.inference_mode():
-                    row[f"{name}_forward_ms"] = median_ms(lambda: attend(q.detach(), k.detach(), v.detach()))
-                row[f"{name}_train_ms"] = median_ms(lambda: attend(q, k, v).sum().backward())
+                    row[f"{name}_forward_ms"] = median_ms(lambda f=attend: f(q.detach(), k.detach(), v.detach()))  # noqa: B023
+                row[f"{name}_train_ms"] = median_ms(lambda f=attend: f(q, k, v).sum().backward())  # noqa: B023
             rows.append(row)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "attention_cpu.json").write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")
-    print("| shape | dtype | fused fwd ms | explicit fwd ms | fused fwd+bwd ms | explicit fwd+bwd ms |\n|---|---|---:|---:|---:|---:|")
+    print("| shape | dtype | " + " | ".join(f"{n} fwd ms" for n in KERNELS) + " | "
+          + " | ".join(f"{n} fwd+bwd ms" for n in KERNELS) + " |\n|---|---|" + "---:|" * 2 * len(KERNELS))
     for r in rows:
-        print(f"| {r['shape']} | {r['dtype']} | {r['fused_forward_ms']:.2f} | {r['explicit_forward_ms']:.2f} "
-              f"| {r['fused_train_ms']:.2f} | {r['explicit_train_ms']:.2f} |")
+        times = [r[f"{n}_forward_ms"] for n in KERNELS] + [r[f"{n}_train_ms"] for n in KERNELS]
+        print(f"| {r['shape']} | {r['dtype']} | " + " | ".join(f"{t:.2f}" for t in times) + " |")
 
 
 if __name__ == "__main__":

@@ -245,6 +245,39 @@ def test_bf16_explicit_attention_agrees_with_the_fused_kernel() -> None:
     assert x.grad is not None and torch.isfinite(x.grad.float()).all()
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.bfloat16, 2e-2)])
+def test_recomputed_attention_has_the_gradients_of_the_explicit_formula(dtype: torch.dtype, tol: float) -> None:
+    from vitkit.models.attention import recomputed_attention
+
+    q, k, v, dout = (torch.randn(3, 2, 11, 8, dtype=dtype) for _ in range(4))
+    scale = 8**-0.5
+    naive = [t.clone().requires_grad_() for t in (q, k, v)]
+    ((naive[0] @ naive[1].transpose(-2, -1) * scale).softmax(-1) @ naive[2]).backward(dout)
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = recomputed_attention(*ours, scale)
+    out.backward(dout)
+    for a, b in zip(ours, naive):
+        assert_close(a.grad.double(), b.grad.double(), atol=tol * max(1.0, b.grad.abs().max().item()))
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda *t: recomputed_attention(*t, scale), [t.clone().requires_grad_()
+                                        for t in (q[:1, :1, :4], k[:1, :1, :4], v[:1, :1, :4])])  # fmt: skip
+
+
+def test_bf16_training_keeps_no_token_by_token_weights_for_the_backward() -> None:
+    """The memory of the fused kernel: no (B, heads, T, T) tensor is saved (vitkit.models.attention)."""
+    block, x = tiny_model().blocks[0], torch.randn(2, 17, 192, requires_grad=True)
+    saved: list[tuple[int, ...]] = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", torch.bfloat16):
+        block(x).float().sum().backward()
+    heads = block.attn.num_heads
+    assert saved and (2, heads, 17, 17) not in saved and x.grad is not None
+
+
 # ---- dropout and stochastic depth --------------------------------------------------------------------
 @torch.no_grad()
 def test_eval_mode_is_deterministic_with_dropout_and_drop_path() -> None:

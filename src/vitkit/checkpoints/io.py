@@ -56,14 +56,20 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(model: VisionTransformer, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+def save(
+    model: VisionTransformer,
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Write the model's weights and config to `path` (.safetensors), atomically.
 
     `metadata`: extra string entries (class names, training step, ...) stored in the header.
+    `state`: the weights to write instead of model.state_dict() (those gathered from a sharded model).
     """
     from .. import __version__
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
     meta = dict(metadata or {})
     meta.update({
         META_FORMAT: FORMAT_TAG,

@@ -13,8 +13,8 @@ mnist5k, digits, cifar10/100) the loader instead
   horizontal flip reverses the rows of A_x.
 
 The result equals the per-image pipeline run on float images and clipped to [0, 1] (uint8 images
-are also rounded after the resize there); `eval_batches` applies the deterministic evaluation transform to stacked batches,
-which is exactly the per-image result.
+are also rounded after the resize there). `TransformBatch` applies the deterministic evaluation
+transform to stacked batches, which gives exactly the per-image result.
 """
 
 from __future__ import annotations

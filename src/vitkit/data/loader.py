@@ -112,5 +112,6 @@ def make_loader(
     leaves the global generator (dropout, Mixup) untouched."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=pin_memory, collate_fn=collate, generator=torch.Generator().manual_seed(0), worker_init_fn=_leave_signals_to_the_trainer,
+        pin_memory=pin_memory, collate_fn=collate, generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_leave_signals_to_the_trainer,
     )  # fmt: skip

@@ -49,9 +49,8 @@ def eval_loader(
     held in memory are transformed a whole batch at a time."""
     images = in_memory(dataset)
     if images is not None:
-        return DataLoader(
-            images, batch_size=batch_size, num_workers=workers, collate_fn=TransformBatch(eval_transform(cfg, data_channels))
-        )
+        collate = TransformBatch(eval_transform(cfg, data_channels))
+        return DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     return DataLoader(
         Transformed(dataset, eval_transform(cfg, data_channels)), batch_size=batch_size, num_workers=workers,
         generator=torch.Generator().manual_seed(0),

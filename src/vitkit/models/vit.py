@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import recomputed_attention
 from .config import ViTConfig
 from .init import lecun_normal_
 from .posembed import resample_pos_embed
@@ -72,10 +73,12 @@ class Attention(nn.Module):
         q, k, v = self._split_heads(x)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
             # Training in bf16 on the CPU: PyTorch's fused kernel's backward is 2-5x slower than that of
-            # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py), which makes a whole ViT-S/16
-            # step 1.14x faster than timm's, for more memory (the T x T weights are kept for the backward).
+            # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py); recomputing the T x T weights
+            # in the backward keeps the fused kernel's memory (vitkit.models.attention).
             # Without gradients the fused kernel is as fast, in the whole model (benchmarks/bench_table.py).
-            return self._merge_heads(self._attend(q, k, v)[0])
+            if self.attn_drop and self.training:  # the dropped weights are needed as they were
+                return self._merge_heads(self._attend(q, k, v)[0])
+            return self._merge_heads(recomputed_attention(q, k, v, self.scale))
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self._merge_heads(x)
 

@@ -35,6 +35,8 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
     precision: Precision = option("fp32", "fp32, or bf16/fp16 autocast")
     compile: bool = option(False, "torch.compile the model")
+    fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
+                               "(FSDP) instead of copying them to each (DDP)")
     seed: int = option(0, "seed of initialisation, data order and augmentation")
     micro_batch: int | None = option(None, "images per forward pass and process (accumulate up to batch_size)")
     workers: int | None = option(None, "data-loading processes per training process")

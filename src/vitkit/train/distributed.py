@@ -1,4 +1,10 @@
-"""Several processes, one model: the torchrun environment, DistributedDataParallel's process group."""
+"""Several processes, one model: the torchrun environment, the process group, and FSDP's sharding.
+
+DistributedDataParallel keeps a whole copy of the model, gradients and optimiser state in every
+process. FSDP (`fully_shard`, one unit per encoder block) keeps 1/K of each in each of K processes and
+gathers a block's weights only while it runs; a whole ("full") state dict is assembled on rank 0 for
+the checkpoint files, which therefore are the same as those of an unsharded run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+)  # fmt: skip
+from torch.distributed.fsdp import FSDPModule, fully_shard
+
+# On rank 0, whole tensors on the CPU; the other ranks take part in gathering them and get {}.
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass
@@ -65,3 +79,42 @@ def start(device: str | None = None) -> Processes:
 def stop(procs: Processes) -> None:
     if procs.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(model: nn.Module) -> None:
+    """FSDP, in place: each encoder block's parameters are one unit, the embedding, final norm and head
+    another; each process keeps 1/K of every unit (and of its gradients and optimiser state)."""
+    for block in model.blocks:  # type: ignore[attr-defined]
+        fully_shard(block)
+    fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict; for a sharded model gathered on rank 0 (every rank must call this)."""
+    return get_model_state_dict(model, options=_FULL) if is_sharded(model) else model.state_dict()
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's whole state dict (gathered on rank 0 for a sharded model, keyed by parameter name)."""
+    return get_optimizer_state_dict(model, optimizer, options=_FULL) if is_sharded(model) else optimizer.state_dict()
+
+
+def load_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+) -> None:
+    """Load whole state dicts (as full_state_dict and full_optimizer_state give them) into a model that may
+    be sharded: each process keeps its shards."""
+    if is_sharded(model):
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, weights, options=options)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+    else:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)

@@ -34,11 +34,11 @@ from tqdm import tqdm
 from .. import create_model
 from ..checkpoints.io import atomic_write, save
 from ..checkpoints.load import load_checkpoint
-from ..data.batched import batched_training_data
 from ..data import (
     DataSource, ResumableSampler, SeededTransform, batch_mix, load_data, make_loader, mix_seed, per_channel,
     train_transform,
 )  # fmt: skip
+from ..data.batched import batched_training_data
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
 from ..models import VisionTransformer, get_config
@@ -253,6 +253,10 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
 
     # ---- model, data, optimiser --------------------------------------------------------------
+    if cfg.fsdp and not procs.distributed:
+        raise ValueError("--fsdp shards the model over several processes: launch with torchrun --nproc-per-node K")
+    if cfg.fsdp and recipe.ema_decay:
+        raise ValueError("--fsdp keeps no EMA of the weights: leave out --ema-decay")
     model = _build_model(cfg, data)  # a bad model config fails here, before anything is written
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +268,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         say(str(report))
     model.to(device)
     mcfg = model.config
+    if cfg.fsdp:
+        distributed.shard(model)  # before the optimiser is built: it holds this process's shards
 
     if recipe.batch_size % procs.world_size:
         raise ValueError(f"batch_size {recipe.batch_size} is not divisible by the {procs.world_size} processes")
@@ -304,8 +310,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             say(f"{out} has no checkpoint yet: starting from the beginning")
     if resumed is not None:
         state = resumed.state
-        model.load_state_dict(resumed.weights)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
@@ -325,7 +330,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     procs.barrier()
 
     train_model: nn.Module = model
-    if procs.distributed:
+    if procs.distributed and not cfg.fsdp:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
@@ -336,15 +341,22 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     def eval_model() -> VisionTransformer:
         return ema.module if ema is not None else model
 
+    def save_weights(path: Path, metadata: dict[str, str]) -> None:
+        weights = distributed.full_state_dict(eval_model())  # sharded: gathered on rank 0, with every rank
+        if main:
+            save(eval_model(), path, metadata=metadata, state=weights)
+
     def checkpoint(at: int) -> None:
         nonlocal last_checkpoint
+        weights = distributed.full_state_dict(model)
+        optimizer_state = distributed.full_optimizer_state(model, optimizer)
         if not main:
             return
         last_checkpoint = write_checkpoint(out, at, model, {
             "step": at, "total_steps": total_steps, "best_top1": best_top1, "elapsed": elapsed + time.time() - t0,
-            "skipped_steps": skipped_steps, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "skipped_steps": skipped_steps, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
-        }, meta, keep=cfg.keep_checkpoints)  # fmt: skip
+        }, meta, keep=cfg.keep_checkpoints, weights=weights)  # fmt: skip
 
     def last_good() -> str:
         return f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
@@ -353,19 +365,26 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
 
     def run_eval(at: int) -> None:
         nonlocal best_top1, last_eval
-        if main:
+        sharded = distributed.is_sharded(model)
+        if main or sharded:  # a sharded model's forward pass needs every process
             started = time.time()
             last_eval = evaluate(eval_model(), test_loader, len(data.classes), device, cfg.precision)
-            log.write({
-                "step": at, "epoch": at / steps_per_epoch, "eval_top1": last_eval.top1, "eval_top5": last_eval.top5,
-                "eval_loss": last_eval.loss, "eval_images_per_s": last_eval.n / max(time.time() - started, 1e-9),
-                "time_s": elapsed + time.time() - t0,
-            })  # fmt: skip
-            if best_top1 is None or last_eval.top1 > best_top1:
+            seconds = time.time() - started
+            improved = best_top1 is None or last_eval.top1 > best_top1
+            if sharded:  # every process gathers the weights to save, or none
+                improved = procs.broadcast(improved)
+            if improved:
                 best_top1 = last_eval.top1
-                save(eval_model(), out / BEST, metadata={**meta, "step": str(at), "top1": str(best_top1)})
-            log.plot()
-            say(f"step {at}: test top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, loss {last_eval.loss:.4f}")
+                save_weights(out / BEST, {**meta, "step": str(at), "top1": str(best_top1)})
+            if main:
+                log.write({
+                    "step": at, "epoch": at / steps_per_epoch, "eval_top1": last_eval.top1,
+                    "eval_top5": last_eval.top5, "eval_loss": last_eval.loss,
+                    "eval_images_per_s": last_eval.n / max(seconds, 1e-9), "time_s": elapsed + time.time() - t0,
+                })  # fmt: skip
+                log.plot()
+                say(f"step {at}: test top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, "
+                    f"loss {last_eval.loss:.4f}")  # fmt: skip
         procs.barrier()
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -423,8 +442,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         if evaluated_at != step:
             run_eval(step)
         final = out / FINAL
+        save_weights(final, {**meta, "step": str(step)})
         if main:
-            save(eval_model(), final, metadata={**meta, "step": str(step)})
             log.plot()
     finally:
         signals.restore()

@@ -71,7 +71,7 @@ def _sha256(path: Path) -> str:
 
 def write_checkpoint(
     out: str | os.PathLike, step: int, model: VisionTransformer, state: dict[str, Any],
-    metadata: Mapping[str, str], keep: int = 2,
+    metadata: Mapping[str, str], keep: int = 2, weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:  # fmt: skip
     """Write the pair for `step`, then delete all but the newest `keep` pairs; returns the weights file.
 
@@ -83,7 +83,7 @@ def write_checkpoint(
         atomic_write(state_path(path), lambda tmp: torch.save(state, tmp))
         meta = {**metadata, META_STEP: str(step), META_STATE_BYTES: str(state_path(path).stat().st_size),
                 META_STATE_SHA: _sha256(state_path(path))}  # fmt: skip
-        save(model, path, metadata=meta)
+        save(model, path, metadata=meta, state=weights)
     except OSError as e:
         state_path(path).unlink(missing_ok=True)
         kept = f"the newest intact checkpoint is {previous}" if previous else "no earlier checkpoint"

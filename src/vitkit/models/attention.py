@@ -1,0 +1,46 @@
+"""Softmax attention, softmax(q kᵀ / √d) v, whose backward pass recomputes the T×T weights.
+
+On the CPU, PyTorch's fused attention kernel is slow to differentiate in bf16 (2-5x the explicit
+matmuls, benchmarks/attention_cpu.py), and plain autograd of the explicit form keeps each layer's
+(B, heads, T, T) weights until the backward pass. Here only q, k and v are kept, as by the fused
+kernel; the backward pass computes the weights again, one more q kᵀ product per layer, then
+
+    dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ∘ (dP − rowsum(dP ∘ P)),   dQ = dS K / √d,   dK = dSᵀ Q / √d.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """P = softmax(S), S = q kᵀ · scale: (B, heads, T, T)."""
+    return (q * scale @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+class _RecomputedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v)
+        return _weights(q, k, scale) @ v
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, k, v = ctx.saved_tensors
+        scale = ctx.scale
+        weights = _weights(q, k, scale)  # P again, exactly as in the forward pass
+        grad_v = weights.transpose(-2, -1) @ grad_out
+        grad_weights = grad_out @ v.transpose(-2, -1)
+        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        grad_q = grad_scores @ k * scale
+        grad_k = grad_scores.transpose(-2, -1) @ (q * scale)
+        return grad_q, grad_k, grad_v, None
+
+
+def recomputed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v for q, k, v (B, heads, T, d) -> (B, heads, T, d), keeping for the backward
+    pass only q, k and v (the weights are recomputed there)."""
+    return _RecomputedAttention.apply(q, k, v, scale)
