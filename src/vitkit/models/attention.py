@@ -35,6 +35,7 @@ class _RecomputedAttention(torch.autograd.Function):
         grad_v = weights.transpose(-2, -1) @ grad_out
         grad_weights = grad_out @ v.transpose(-2, -1)
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        del weights, grad_weights  # freed before the products below
         grad_q = grad_scores @ k * scale
         grad_k = grad_scores.transpose(-2, -1) @ (q * scale)
         return grad_q, grad_k, grad_v, None
