@@ -216,6 +216,11 @@ def test_fsdp_trains_like_one_process_writes_whole_checkpoints_and_resumes(data_
     (tmp_path / "fsdp" / "model.safetensors").unlink()
     for path in (tmp_path / "fsdp" / "checkpoints").glob("step-00000006.*"):
         path.unlink()
+    # the optimiser state is keyed by parameter name when sharded: the run resumes with --fsdp only
+    unsharded = [sys.executable, "-m", "vitkit", "train", *args, "--out", str(tmp_path / "fsdp"), "--resume",
+                 "--no-fsdp"]
+    refused = subprocess.run(unsharded, env=env, capture_output=True, text=True, timeout=180)
+    assert refused.returncode != 0 and "--resume: fsdp is False, the run in" in refused.stderr
     assert "at step 3 of 6" in run([*fsdp, "--resume"])
     assert all(torch.equal(two[k], v) for k, v in weights(tmp_path / "fsdp" / "model.safetensors").items())
 
