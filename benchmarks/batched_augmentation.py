@@ -23,9 +23,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def images_per_s(steps: int, batched: bool, out: Path) -> float:
-    cfg = make_config({"steps": steps}, data="fashion_mnist", model="vit_fashion_patch4_28", recipe_name="fashion-cpu-long",
-                      precision="bf16", out=str(out), progress=False, log_every=10, checkpoint_every=10**9,
-                      limit_eval=512)  # fmt: skip
+    cfg = make_config({"steps": steps}, data="fashion_mnist", model="vit_fashion_patch4_28",
+                      recipe_name="fashion-cpu-long", precision="bf16", out=str(out), progress=False, log_every=10,
+                      checkpoint_every=10**9, limit_eval=512)  # fmt: skip
     if batched:
         fit(cfg)
     else:  # no batched data: the loop falls back to the per-image transforms, as it does for RandAugment
@@ -51,7 +51,8 @@ def main() -> None:
               "speedup": medians["batched"] / medians["per-image"]}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "batched_augmentation.json").write_text(json.dumps(result, indent=2))
-    print(f"batched / per-image: {result['speedup']:.2f}x ({medians['batched']:.0f} vs {medians['per-image']:.0f} img/s)")
+    print(f"batched / per-image: {result['speedup']:.2f}x "
+          f"({medians['batched']:.0f} vs {medians['per-image']:.0f} img/s)")
 
 
 if __name__ == "__main__":
