@@ -1,6 +1,6 @@
 """Softmax attention, softmax(q kᵀ / √d) v, whose backward pass recomputes the T×T weights.
 
-On the CPU, PyTorch's fused attention kernel is slow to differentiate in bf16 (2-5x the explicit
+On the CPU, PyTorch's fused attention kernel is slow to differentiate in bf16 (3-8x the explicit
 matmuls, benchmarks/attention_cpu.py), and plain autograd of the explicit form keeps each layer's
 (B, heads, T, T) weights until the backward pass. Here only q, k and v are kept, as by the fused
 kernel; the backward pass computes the weights again, one more q kᵀ product per layer, then
