@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vitkit.models.attention import recomputed_attention
+from vitkit.models.attention import attention_weights, recomputed_attention
 
 RESULTS = Path(__file__).parent / "results"
 # (batch, heads, tokens, head_dim): Fashion-MNIST training (vit_fashion_patch4_28, batch 128), ViT-S/16 and
@@ -29,7 +29,7 @@ SHAPES = {"fashion p4/D128 b128": (128, 4, 50, 32), "ViT-S/16 b16": (16, 6, 197,
 
 
 def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return attention_weights(q, k, q.shape[-1] ** -0.5) @ v
 
 
 def recomputed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

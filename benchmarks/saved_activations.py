@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from vitkit.bench import bench_model, timm_twin
+from vitkit.precision import autocast
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def saved_megabytes(model: nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> float:
+def saved_megabytes(model: nn.Module, images: torch.Tensor, precision: str) -> float:
     """MB of distinct storages autograd saves during one forward pass of `model` in training mode."""
     storages: dict[int, int] = {}
 
@@ -34,9 +35,7 @@ def saved_megabytes(model: nn.Module, images: torch.Tensor, dtype: torch.dtype |
         return t
 
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(
-        "cpu", dtype or torch.float32, enabled=dtype is not None
-    ):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(images.device, precision):
         model(images)
     return sum(storages.values()) / 2**20
 
@@ -47,15 +46,14 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
     rows = []
     for name in args.models:
         ours = bench_model(name)
         theirs = timm_twin(ours)
         images = torch.randn(args.batch_size, ours.config.in_chans, *ours.config.img_size)
         rows.append({"model": name, "precision": args.precision, "batch_size": args.batch_size,
-                     "vitkit_saved_mb": saved_megabytes(ours, images, dtype),
-                     "timm_saved_mb": saved_megabytes(theirs, images, dtype)})  # fmt: skip
+                     "vitkit_saved_mb": saved_megabytes(ours, images, args.precision),
+                     "timm_saved_mb": saved_megabytes(theirs, images, args.precision)})  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "saved_activations.json").write_text(json.dumps({"command": "benchmarks/saved_activations.py",
                                                                 "rows": rows}, indent=2))  # fmt: skip

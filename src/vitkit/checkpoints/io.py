@@ -69,7 +69,7 @@ def save(
     """
     from .. import __version__
 
-    state = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
     meta = dict(metadata or {})
     meta.update({
         META_FORMAT: FORMAT_TAG,

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 
-def _weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """P = softmax(S), S = q kᵀ · scale: (B, heads, T, T)."""
+def attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """P = softmax(S), S = q kᵀ · scale: q, k (B, heads, T, d) -> (B, heads, T, T)."""
     return (q * scale @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
@@ -25,13 +25,13 @@ class _RecomputedAttention(torch.autograd.Function):
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         ctx.save_for_backward(q, k, v)
-        return _weights(q, k, scale) @ v
+        return attention_weights(q, k, scale) @ v
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         q, k, v = ctx.saved_tensors
         scale = ctx.scale
-        weights = _weights(q, k, scale)  # P again, exactly as in the forward pass
+        weights = attention_weights(q, k, scale)  # P again, exactly as in the forward pass
         grad_v = weights.transpose(-2, -1) @ grad_out
         grad_weights = grad_out @ v.transpose(-2, -1)
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import recomputed_attention
+from .attention import attention_weights, recomputed_attention
 from .config import ViTConfig
 from .init import lecun_normal_
 from .posembed import resample_pos_embed
@@ -75,7 +75,7 @@ class Attention(nn.Module):
             # Training in bf16 on the CPU: PyTorch's fused kernel's backward is 3-8x slower than that of
             # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py); recomputing the T x T weights
             # in the backward keeps the fused kernel's memory (vitkit.models.attention).
-            # Without gradients the fused kernel is as fast, in the whole model (benchmarks/bench_table.py).
+            # Without gradients the fused kernel is as fast, in the whole model (benchmarks/interleaved_rows.py).
             if self.attn_drop and self.training:  # the dropped weights are needed as they were
                 return self._merge_heads(self._attend(q, k, v)[0])
             return self._merge_heads(recomputed_attention(q, k, v, self.scale))
@@ -84,7 +84,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(q kᵀ / √d) v, explicitly: -> (B, heads, T, D/heads), the weights (B, heads, T, T)."""
-        weights = (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, T, T)
+        weights = attention_weights(q, k, self.scale)  # (B, heads, T, T)
         return F.dropout(weights, self.attn_drop, self.training) @ v, weights
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -134,10 +134,10 @@ RECIPES: dict[str, Recipe] = {
     ),
     # The Fashion-MNIST benchmark: vit_fashion_patch4_28 with bf16 autocast, 50 epochs in 55 minutes on
     # 2 AVX512-BF16 CPU cores with the batched crops of in-memory images (vitkit.data.batched): 92.1%
-    # (28 epochs on a slower VM with per-image transforms reached 90.6%). A first run (19 epochs in fp32, drop_path 0.1, random erasing 0.25)
-    # reached 89.2%; over 1.5-epoch probes, lr 2e-3 beat 1e-3 (80.5% vs 79.0%) and mean pooling (79.1%),
-    # batch 64 at 1.4e-3 did a little better (81.4%), and the 85-100% crops beat shifts of up to 2 pixels
-    # (76.7% vs 73.8% after one epoch).
+    # (28 epochs on a slower VM with per-image transforms reached 90.6%). A first run (19 epochs in fp32,
+    # drop_path 0.1, random erasing 0.25) reached 89.2%; over 1.5-epoch probes, lr 2e-3 beat 1e-3 (80.5%
+    # vs 79.0%) and mean pooling (79.1%), batch 64 at 1.4e-3 did a little better (81.4%), and the 85-100%
+    # crops beat shifts of up to 2 pixels (76.7% vs 73.8% after one epoch).
     "fashion-cpu-long": Recipe(
         optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=50, warmup=0.05, decay="cosine",
         clip_grad=1.0, label_smoothing=0.1, drop_path=0.05, crop_scale=(0.85, 1.0),
