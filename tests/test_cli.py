@@ -75,6 +75,7 @@ def test_resume_of_a_finished_run_only_reports(trained, capsys):
     (["train", "--data", "fashion"], "unknown dataset 'fashion'; did you mean fashion_mnist?"),
     (["train", "--data", "digits", "--recipe", "paper"], "unknown recipe 'paper'; did you mean paper-pretrain, paper-finetune?"),
     (["train", "--data", "digits", "--label-smoothing", "1.5"], "label_smoothing must be in [0, 1), got 1.5"),
+    (["train", "--data", "digits", "--patch-drop", "1"], "patch_drop must be in [0, 1), got 1.0"),
     (["train", "--data", "imagefolder:/no/such/folder"], "imagefolder: /no/such/folder does not exist"),
     (["train", "--resume"], "--resume needs --out DIR"),
     (["train", "--data", "digits", "--model", "vit_nope"], "unknown model 'vit_nope'"),

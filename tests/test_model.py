@@ -304,6 +304,39 @@ def test_drop_path_rates_grow_linearly_from_zero_as_timm() -> None:
     assert rates == pytest.approx([getattr(block.drop_path1, "drop_prob", 0.0) for block in reference.blocks])
 
 
+# ---- patch dropout -----------------------------------------------------------------------------
+@torch.no_grad()
+def test_patch_dropout_keeps_the_class_token_and_a_random_subset_of_each_images_patches() -> None:
+    from vitkit.models.vit import PatchDropout
+
+    drop, x = PatchDropout(0.5, num_prefix_tokens=1).train(), torch.randn(16, 1 + 9, 8)
+    y = drop(x)
+    assert y.shape == (16, 1 + 4, 8)  # int(9 * 0.5) patches kept
+    assert torch.equal(y[:, 0], x[:, 0])
+    kept = []
+    for image, out in zip(x, y):
+        index = [int((image[1:] == row).all(dim=1).nonzero()) for row in out[1:]]  # each kept row is a patch
+        assert len(set(index)) == 4
+        kept.append(frozenset(index))
+    assert len(set(kept)) > 1  # a subset drawn per image
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_patch_dropout_trains_as_timms_patch_drop_rate() -> None:
+    from vitkit.bench import timm_twin
+
+    model = tiny_model(img_size=64, patch_drop=0.5).train()  # 16 patches, 8 kept
+    twin, x = timm_twin(model), torch.randn(3, 3, 64, 64)
+    torch.manual_seed(7)
+    ours = model(x)
+    torch.manual_seed(7)
+    torch.testing.assert_close(ours, twin(x), rtol=0, atol=1e-4)
+    torch.manual_seed(8)
+    assert not torch.allclose(model(x), ours)  # other tokens kept
+    with torch.no_grad():  # evaluation sees every patch
+        torch.testing.assert_close(model.eval()(x), twin.eval()(x), rtol=0, atol=1e-4)
+
+
 # ---- initialisation (google-research/vision_transformer) ------------------------------------------
 @pytest.fixture(scope="module")
 def fresh() -> VisionTransformer:

@@ -178,6 +178,16 @@ def test_bf16_autocast_trains(data_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in weights(result.checkpoint).values())
 
 
+def test_patch_dropout_applies_for_the_first_part_of_the_run_then_every_patch_is_kept(data_root, tmp_path, monkeypatch):
+    rates, set_patch_drop = [], vitkit.VisionTransformer.set_patch_drop
+    record = lambda model, p: rates.append(p) or set_patch_drop(model, p)  # noqa: E731
+    monkeypatch.setattr(vitkit.VisionTransformer, "set_patch_drop", record)
+    result = fit(tiny(data_root, tmp_path / "run", {"patch_drop": 0.5, "patch_drop_until": 0.5}))
+    assert rates == [0.5, 0.5, 0.5, 0.0, 0.0, 0.0]
+    config = yaml.safe_load((result.out_dir / "config.yaml").read_text())
+    assert config["model"]["patch_drop"] == 0.5 and config["train"]["recipe"]["patch_drop_until"] == 0.5
+
+
 def test_init_from_resamples_position_embeddings_and_zeroes_the_head(data_root, tmp_path):
     source = vitkit.create_model("vit_test_patch4_16")  # 16x16: a 4x4 grid
     torch.nn.init.normal_(source.head.weight)

@@ -166,6 +166,7 @@ def _timm_vit(cfg: ViTConfig) -> nn.Module:
         global_pool="token" if cfg.pool == "token" else "avg", fc_norm=False,  # vitkit's gap pools after the norm
         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
         qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, dynamic_img_size=cfg.dynamic_img_size,
+        patch_drop_rate=cfg.patch_drop,
         norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps), weight_init="skip",
     )  # fmt: skip
 

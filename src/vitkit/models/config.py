@@ -56,6 +56,7 @@ class ViTConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
+    patch_drop: float = 0.0
     norm_eps: float = 1e-6
     dynamic_img_size: bool = False
     backbone_layers: tuple[int, ...] | None = None
@@ -123,7 +124,7 @@ class ViTConfig:
             bad(f"pool must be 'token' or 'gap', got {self.pool!r}")
         if self.pool == "token" and not self.class_token:
             bad("pool='token' needs class_token=True")
-        for key in ("dropout", "attn_dropout", "drop_path"):
+        for key in ("dropout", "attn_dropout", "drop_path", "patch_drop"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad(f"{key} must be in [0, 1), got {getattr(self, key)}")
         if max(self.embed_dim, self.mlp_dim, self.representation_size or 0) > _MAX_WIDTH:

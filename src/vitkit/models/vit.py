@@ -125,6 +125,29 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class PatchDropout(nn.Module):
+    """In training, keep a random subset of (1 - p) of each image's patch tokens, and every prefix token
+    (Liu et al. 2022, "PatchDropout"; timm's patch_drop_rate). (B, prefix + N, D) -> (B, prefix + K, D),
+    K = max(1, int(N (1 - p))). The cost of every layer falls with the tokens, and hiding parts of the
+    image regularises much as random erasing does; evaluation sees all tokens."""
+
+    def __init__(self, p: float = 0.0, num_prefix_tokens: int = 1) -> None:
+        super().__init__()
+        self.p = p
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        B, N, D = patches.shape
+        keep = torch.randn(B, N, device=x.device).argsort(dim=1)[:, : max(1, int(N * (1.0 - self.p)))]
+        return torch.cat([prefix, patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, D))], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Block(nn.Module):
     """One pre-LN encoder layer, equations 2 and 3. (B, T, D) -> (B, T, D)."""
 
@@ -163,6 +186,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + math.prod(cfg.grid_size), D))
         self.pos_drop = nn.Dropout(cfg.dropout)
+        self.patch_drop = PatchDropout(cfg.patch_drop, cfg.num_prefix_tokens)
         # stochastic depth grows linearly with depth (DeiT), 0 at the first layer
         drop_rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, p) for p in drop_rates])
@@ -215,6 +239,10 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    def set_patch_drop(self, p: float) -> None:
+        """The fraction of patch tokens that training drops from now on (0: keep all)."""
+        self.patch_drop.p = p
+
     # ---- eq. 1 ---------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -252,7 +280,7 @@ class VisionTransformer(nn.Module):
     # ---- forward passes --------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> all tokens after the final LayerNorm, (B, prefix + N, D)."""
-        return self.norm(self.blocks(self.embed(x)))
+        return self.norm(self.blocks(self.patch_drop(self.embed(x))))
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, prefix + N, D) -> (B, D): the class token, or the mean of the patch tokens ('gap')."""

@@ -141,6 +141,7 @@ def _build_model(cfg: TrainConfig, data: DataSource) -> VisionTransformer:
     in_chans = cfg.in_chans or base.in_chans
     overrides: dict[str, Any] = dict(
         num_classes=len(data.classes), in_chans=in_chans, dropout=recipe.dropout, drop_path=recipe.drop_path,
+        patch_drop=recipe.patch_drop,
         mean=tuple(per_channel(base.mean, in_chans)), std=tuple(per_channel(base.std, in_chans)),
     )  # fmt: skip
     if cfg.patch_size:
@@ -405,6 +406,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                 lr = recipe.lr * lr_factor(step, total_steps, recipe.warmup, recipe.decay)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if recipe.patch_drop:
+                    model.set_patch_drop(recipe.patch_drop if step < recipe.patch_drop_until * total_steps else 0.0)
                 # dropout, stochastic depth, Mixup: a stream apart from the images' (seed, epoch, index)
                 torch.manual_seed(mix_seed(cfg.seed, 1 << 32, step, procs.rank))
                 micro_batches = [next(batches) for _ in range(accum)]
