@@ -1,6 +1,6 @@
 """Softmax attention, softmax(q kᵀ / √d) v, whose backward pass recomputes the T×T weights.
 
-On the CPU, PyTorch's fused attention kernel is slow to differentiate in bf16 (3-8x the explicit
+On the CPU, PyTorch's fused attention kernel is slow to differentiate in bf16 (3-7x the explicit
 matmuls, benchmarks/attention_cpu.py), and plain autograd of the explicit form keeps each layer's
 (B, heads, T, T) weights until the backward pass. Here only q, k and v are kept, as by the fused
 kernel; the backward pass computes the weights again, one more q kᵀ product per layer, then
@@ -18,10 +18,12 @@ import torch
 def attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """P = softmax(S), S = q kᵀ · scale: q, k (B, heads, T, d) -> (B, heads, T, T).
 
-    In bf16 and fp16 the softmax runs in fp32 and is rounded once: on the CPU, PyTorch's bf16 softmax
-    over rows of a few dozen is about twice as slow as its fp32 one."""
+    On the CPU, PyTorch's bf16 softmax over rows of a few dozen is about twice as slow as its fp32 one,
+    so short rows in bf16/fp16 take theirs in fp32, rounded once (Fashion-MNIST's T = 50: 5.0 -> 3.6 ms
+    forward and backward). Over ViT-S/16's rows of 197 the conversion costs more than it saves
+    (benchmarks/attention_cpu.py)."""
     scores = q * scale @ k.transpose(-2, -1)
-    if scores.dtype in (torch.bfloat16, torch.float16):
+    if scores.device.type == "cpu" and scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < 128:
         return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
     return scores.softmax(dim=-1)
 

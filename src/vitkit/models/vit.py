@@ -72,7 +72,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(x)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
-            # Training in bf16 on the CPU: PyTorch's fused kernel's backward is 3-8x slower than that of
+            # Training in bf16 on the CPU: PyTorch's fused kernel's backward is 3-7x slower than that of
             # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py); recomputing the T x T weights
             # in the backward keeps the fused kernel's memory (vitkit.models.attention).
             # Without gradients the fused kernel is as fast, in the whole model (benchmarks/interleaved_rows.py).
