@@ -119,8 +119,10 @@ def load_metadata(path: Path) -> dict[str, str]:
 
 
 def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
-    # everything random at once: augmentation, Mixup/CutMix, stochastic depth, EMA, a worker process
-    recipe = {"steps": 11, "randaugment": (2, 9), "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1, "ema_decay": 0.9}
+    # everything random at once: augmentation, Mixup/CutMix, stochastic depth, patch dropout (ending after
+    # step 6, past the checkpoint resumed from), EMA, a worker process
+    recipe = {"steps": 11, "randaugment": (2, 9), "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1, "ema_decay": 0.9,
+              "patch_drop": 0.5, "patch_drop_until": 0.6}
     fit(tiny(data_root, tmp_path / "whole", recipe, checkpoint_every=3, workers=1))
 
     real, calls = loop.train_step, []
