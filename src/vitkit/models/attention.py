@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+# Rows of the attention weights shorter than this take a bf16/fp16 softmax in fp32 on the CPU.
+FP32_SOFTMAX_BELOW = 128
+
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """P = softmax(S), S = q kᵀ · scale: q, k (B, heads, T, d) -> (B, heads, T, T).
@@ -23,7 +26,8 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.T
     forward and backward). Over ViT-S/16's rows of 197 the conversion costs more than it saves
     (benchmarks/attention_cpu.py)."""
     scores = q * scale @ k.transpose(-2, -1)
-    if scores.device.type == "cpu" and scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < 128:
+    short_rows = scores.shape[-1] < FP32_SOFTMAX_BELOW
+    if scores.device.type == "cpu" and scores.dtype in (torch.bfloat16, torch.float16) and short_rows:
         return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
     return scores.softmax(dim=-1)
 
