@@ -5,6 +5,7 @@ steps; each against timm at the same settings. Writes benchmarks/results/<host>-
 a markdown table.
 
     .venv/bin/python benchmarks/bench_table.py [--models vit_small_patch16_224 ...] [--device cpu]
+    python benchmarks/bench_table.py --device cuda --in-process --warmup 10 --repeats 50 [--batch-size 128]
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure rows in this process (fine on CUDA, whose peak counts allocated bytes)")
+    parser.add_argument("--result", help="where to write the JSON (default: benchmarks/results/<host>-<time>.json)")
     args = parser.parse_args()
 
     results = []
@@ -64,7 +68,7 @@ def main() -> None:
         for precision, mode in SETTINGS:
             result = benchmark(
                 model, batch_size=args.batch_size, precision=precision, mode=mode, compare="timm",
-                device=args.device, warmup=args.warmup, repeats=args.repeats,
+                device=args.device, warmup=args.warmup, repeats=args.repeats, isolate=not args.in_process,
             )  # fmt: skip
             print(format_table(result), file=sys.stderr, flush=True)
             results.append(result)
@@ -73,7 +77,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }  # fmt: skip
-    out = RESULTS / f"{platform.node()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = Path(args.result or RESULTS / f"{platform.node()}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine, "results": results}, indent=1))
     print(markdown(results))
