@@ -52,11 +52,11 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def training_peak_mb(model: nn.Module, batch_size: int, precision: str, steps: int = 2) -> float:
-    """Peak MB of live tensors over `steps` AdamW training steps of `model` (as `vitkit bench` runs them)."""
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(batch_size, 3, 224, 224, generator=g)
-    labels = torch.randint(0, 1000, (batch_size,), generator=g)
+def training_peak_mb(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str, steps: int = 2
+) -> float:
+    """Peak MB of live tensors over `steps` AdamW training steps of `model` (as `vitkit bench` runs them)
+    on `images` (B, C, H, W) and `labels` (B,)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     with LiveTensorBytes() as tracker:
@@ -80,10 +80,13 @@ def main() -> None:
         for precision in args.precisions:
             model = bench_model(name)
             twin = timm_twin(model)
+            cfg, g = model.config, torch.Generator().manual_seed(1)
+            images = torch.randn(args.batch_size, cfg.in_chans, *cfg.img_size, generator=g)
+            labels = torch.randint(0, cfg.num_classes, (args.batch_size,), generator=g)
             rows.append({
                 "model": name, "precision": precision, "batch_size": args.batch_size,
-                "vitkit_mb": training_peak_mb(model, args.batch_size, precision),
-                "timm_mb": training_peak_mb(twin, args.batch_size, precision),
+                "vitkit_mb": training_peak_mb(model, images, labels, precision),
+                "timm_mb": training_peak_mb(twin, images, labels, precision),
             })  # fmt: skip
             print(rows[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)

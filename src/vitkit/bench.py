@@ -130,6 +130,7 @@ def _reset_peak_memory(device: torch.device) -> float:
     current RSS on CPU."""
     gc.collect()
     if device.type == "cuda":
+        _create_cuda_workspaces(device)
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**20
     with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
@@ -139,9 +140,9 @@ def _reset_peak_memory(device: torch.device) -> float:
 
 def _create_cuda_workspaces(device: torch.device) -> None:
     """cuBLAS gives each thread that multiplies matrices a handle and a workspace from the caching
-    allocator (32 MB on Hopper), the autograd engine's device thread included. Made here, before a row's
-    baseline, they count in no row: otherwise the first row to run a backward pass in this process would
-    carry them alone (+30 MB on ViT-S/16 measured in-process on an H200)."""
+    allocator (32 MB on Hopper), the autograd engine's device thread included. Made before a row's
+    baseline (`_reset_peak_memory`), they count in no row: otherwise the first row to run a backward
+    pass in this process would carry them alone (+30 MB on ViT-S/16 measured in-process on an H200)."""
     for dtype in (torch.float32, torch.bfloat16):
         w = torch.randn(64, 64, device=device, dtype=dtype, requires_grad=True)
         F.linear(w, w, w[0]).float().sum().backward()  # addmm with a bias: cuBLAS and cuBLASLt, both threads
@@ -325,8 +326,6 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     with _num_threads(spec.threads):
         # Libraries and module structure come before the baseline: they are not the row's memory.
         skeleton = _skeleton(spec)
-        if device.type == "cuda":
-            _create_cuda_workspaces(device)
         baseline = _reset_peak_memory(device)
         step = _step_fn(spec, skeleton, device)
         for _ in range(spec.warmup):
