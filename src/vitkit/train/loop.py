@@ -39,9 +39,10 @@ from ..data import (
     train_transform,
 )  # fmt: skip
 from ..data.batched import batched_training_data
+from ..data.preprocessing import DataConfig
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
-from ..models import VisionTransformer, get_config
+from ..models import get_config
 from ..precision import autocast
 from . import distributed
 from .config import TrainConfig, with_defaults
@@ -135,17 +136,21 @@ def _limit(dataset: torch.utils.data.Dataset, n: int | None) -> torch.utils.data
     return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
 
 
-def _build_model(cfg: TrainConfig, data: DataSource) -> VisionTransformer:
+def _build_model(cfg: TrainConfig, data: DataSource) -> nn.Module:
     recipe = cfg.recipe
     base = get_config(cfg.model)
     in_chans = cfg.in_chans or base.in_chans
     overrides: dict[str, Any] = dict(
         num_classes=len(data.classes), in_chans=in_chans, dropout=recipe.dropout, drop_path=recipe.drop_path,
-        patch_drop=recipe.patch_drop,
         mean=tuple(per_channel(base.mean, in_chans)), std=tuple(per_channel(base.std, in_chans)),
     )  # fmt: skip
-    if cfg.patch_size:
-        overrides["patch_size"] = cfg.patch_size
+    if base.family == "resnet":
+        if recipe.patch_drop or cfg.patch_size:
+            warnings.warn(f"{cfg.model} has no patches: patch_drop and patch_size are ignored", stacklevel=2)
+    else:
+        overrides["patch_drop"] = recipe.patch_drop
+        if cfg.patch_size:
+            overrides["patch_size"] = cfg.patch_size
     if recipe.img_size:
         overrides["img_size"] = recipe.img_size
     torch.manual_seed(cfg.seed)
@@ -162,18 +167,19 @@ def _workers(cfg: TrainConfig, procs: distributed.Processes, batched: bool = Fal
 
 
 def _training_data(
-    train_set: torch.utils.data.Dataset, mcfg: Any, data: DataSource, cfg: TrainConfig
+    train_set: torch.utils.data.Dataset, data_cfg: DataConfig, data: DataSource, cfg: TrainConfig
 ) -> tuple[torch.utils.data.Dataset, Any]:
     """(dataset, collate) of the training images: crops and flips of in-memory images on whole batches
     where the recipe asks for no more (vitkit.data.batched), else the per-image v2 transforms."""
     recipe = cfg.recipe
     hflip = recipe.hflip and data.hflip
     if recipe.randaugment is None and recipe.random_erasing == 0 and recipe.crop_padding is None:
-        batched = batched_training_data(train_set, mcfg, data.channels, recipe.crop_scale, hflip, cfg.seed)
+        batched = batched_training_data(train_set, data_cfg, data.channels, recipe.crop_scale, hflip, cfg.seed)
         if batched is not None:
             return batched
     transform = train_transform(
-        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing, recipe.crop_padding
+        data_cfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing,
+        recipe.crop_padding,
     )
     return SeededTransform(train_set, transform, seed=cfg.seed), None
 
@@ -222,7 +228,7 @@ def train_step(
     return loss
 
 
-def _write_config(cfg: TrainConfig, model: VisionTransformer, data: DataSource, extra: dict[str, Any]) -> None:
+def _write_config(cfg: TrainConfig, model: nn.Module, data: DataSource, extra: dict[str, Any]) -> None:
     """config.yaml: the run, the recipe, the model's config and what was derived, all resolved."""
     doc = {
         "train": cfg.to_dict(),
@@ -268,7 +274,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             report.notes.append("head re-initialised to zeros (the paper's fine-tuning head)")
         say(str(report))
     model.to(device)
-    mcfg = model.config
+    data_cfg = model.config.data_config
     if cfg.fsdp:
         distributed.shard(model)  # before the optimiser is built: it holds this process's shards
 
@@ -281,7 +287,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     accum = per_rank // micro
 
     train_set = _limit(data.train, cfg.limit_train)
-    train_data, collate = _training_data(train_set, mcfg, data, cfg)
+    train_data, collate = _training_data(train_set, data_cfg, data, cfg)
     sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
     workers = _workers(cfg, procs, batched=collate is not None)
     loader = make_loader(train_data, micro, sampler, workers, drop_last=True, pin_memory=device.type == "cuda",
@@ -292,7 +298,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
     total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
-    test_loader = eval_loader(_limit(data.test, cfg.limit_eval), mcfg, data.channels, batch_size=256, workers=workers)
+    test_set = _limit(data.test, cfg.limit_eval)
+    test_loader = eval_loader(test_set, data_cfg, data.channels, batch_size=256, workers=workers)
 
     optimizer = build_optimizer(model, recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -339,7 +346,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     last_checkpoint = resumed.path if resumed is not None else None
     meta = {CLASSES_KEY: json.dumps(data.classes), "dataset": data.name}
 
-    def eval_model() -> VisionTransformer:
+    def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
 
     def save_weights(path: Path, metadata: dict[str, str]) -> None:
@@ -406,7 +413,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                 lr = recipe.lr * lr_factor(step, total_steps, recipe.warmup, recipe.decay)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if recipe.patch_drop:
+                if recipe.patch_drop and hasattr(model, "set_patch_drop"):
                     model.set_patch_drop(recipe.patch_drop if step < recipe.patch_drop_until * total_steps else 0.0)
                 # dropout, stochastic depth, Mixup: a stream apart from the images' (seed, epoch, index)
                 torch.manual_seed(mix_seed(cfg.seed, 1 << 32, step, procs.rank))
