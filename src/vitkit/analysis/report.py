@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..models.vit import VisionTransformer
+from .attention import excluded_tokens
 from .distance import mean_attention_distance
 from .filters import embedding_filters
 from .plots import (
@@ -41,9 +42,10 @@ def analyze(
     shown = images[:rollout_images]
     pictures = denormalise(shown, cfg.mean, cfg.std)
     layer_mean = distance.mean(dim=1)
+    note = excluded_tokens(cfg)
     report: dict[str, Any] = {
         "model": cfg.name, "image_size": list(images.shape[-2:]), "stride": cfg.stride,
-        "grid": list(similarity.grid), "n_images": len(images),
+        "grid": list(similarity.grid), "n_images": len(images), "excluded_tokens": note,
         "filters": {"source": filters.source, "explained_variance": filters.explained.tolist()},
         "pos_embed_similarity": similarity.to_dict(),
         "attention_distance": {
@@ -52,12 +54,13 @@ def analyze(
         },
         "figures": {
             "filters": str(plot_filters(filters, out / "filters.png")),
-            "pos_embed_similarity": str(plot_pos_embed_similarity(similarity, out / "pos_embed_similarity.png")),
-            "attention_distance": str(plot_attention_distance(distance, out / "attention_distance.png")),
+            "pos_embed_similarity": str(plot_pos_embed_similarity(similarity, out / "pos_embed_similarity.png",
+                                                                  note=note)),
+            "attention_distance": str(plot_attention_distance(distance, out / "attention_distance.png", note=note)),
             "attention_rollout": str(plot_rollout(pictures, attention_rollout(model, shown, batch_size),
-                                                  out / "attention_rollout.png")),
+                                                  out / "attention_rollout.png", note=note)),
             "head_attention": str(plot_head_attention(pictures, last_layer_attention(model, shown, batch_size),
-                                                      out / "head_attention.png")),
+                                                      out / "head_attention.png", note=note)),
         },
     }  # fmt: skip
     (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
