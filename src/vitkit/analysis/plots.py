@@ -1,6 +1,8 @@
 """The analyses' figures, drawn with matplotlib's object API (no pyplot state, no display needed).
 
 Each function writes one PNG of a fixed size in inches (given in its docstring) at `dpi`, and returns its path.
+The figures of the patch grid take a `note` for their title: which prefix tokens (class, distillation,
+registers) they leave out.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def denormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (images.detach().float().cpu() * s + m).clamp(0, 1)
 
 
+def _titled(title: str, note: str) -> str:
+    return f"{title}\n({note})" if note else title
+
+
 def _show(ax: Axes, picture: np.ndarray, **kwargs: Any) -> None:
     ax.imshow(picture, cmap=None if picture.ndim == 3 else "gray", **kwargs)
     ax.set_axis_off()
@@ -72,7 +78,7 @@ def similarity_mosaic(similarity: torch.Tensor, grid: tuple[int, int]) -> np.nda
     return cells.permute(0, 2, 1, 3).reshape(gh * (gh + 1), gw * (gw + 1))[:-1, :-1].numpy()
 
 
-def plot_pos_embed_similarity(result: PosEmbedSimilarity, path: str | Path, dpi: int = DPI) -> Path:
+def plot_pos_embed_similarity(result: PosEmbedSimilarity, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
     """Each patch's cosine similarity with every other, arranged by position: 7 × 6 inches."""
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.add_subplot()
@@ -85,12 +91,13 @@ def plot_pos_embed_similarity(result: PosEmbedSimilarity, path: str | Path, dpi:
     ax.tick_params(length=0)
     ax.set_xlabel("input patch column")
     ax.set_ylabel("input patch row")
-    ax.set_title(f"position-embedding similarity: neighbours {result.neighbour:.2f}, far {result.far:.2f}", fontsize=9)
+    title = f"position-embedding similarity: neighbours {result.neighbour:.2f}, far {result.far:.2f}"
+    ax.set_title(_titled(title, note), fontsize=9)
     fig.colorbar(im, ax=ax, label="cosine similarity", shrink=0.8)
     return _save(fig, path, dpi)
 
 
-def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int = DPI) -> Path:
+def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
     """distance (layers, heads) in pixels: layer on x, one dot per head, the layer mean as a line; 6 × 4 inches."""
     L, H = distance.shape
     fig = Figure(figsize=(6, 4), layout="constrained")
@@ -104,6 +111,7 @@ def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int =
     ax.set_xticks(layers)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=6, ncols=2 if H > 8 else 1, loc="lower right")
+    ax.set_title(_titled("mean attention distance between patches", note), fontsize=9)
     return _save(fig, path, dpi)
 
 
@@ -115,7 +123,7 @@ def _overlay(ax: Axes, picture: np.ndarray, heat: torch.Tensor, size: tuple[int,
     ax.imshow(heat.numpy(), cmap="jet", alpha=0.5)
 
 
-def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI) -> Path:
+def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
     """images (B, C, H, W) in [0, 1] above their rollout maps (B, gh, gw) overlaid: 2B × 4 inches."""
     B = len(images)
     fig = Figure(figsize=(2 * B, 4), layout="constrained")
@@ -123,11 +131,13 @@ def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi
         picture = _as_picture(images[i])
         _show(fig.add_subplot(2, B, i + 1), picture)
         _overlay(fig.add_subplot(2, B, B + i + 1), picture, maps[i], tuple(images.shape[-2:]))
-    fig.suptitle("attention rollout", fontsize=9)
+    fig.suptitle(_titled("attention rollout", note), fontsize=9)
     return _save(fig, path, dpi)
 
 
-def plot_head_attention(images: torch.Tensor, attn: torch.Tensor, path: str | Path, dpi: int = DPI) -> Path:
+def plot_head_attention(
+    images: torch.Tensor, attn: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = ""
+) -> Path:
     """One row per image (B, C, H, W) in [0, 1]: the image, then the last layer's output-query attention
     of each head, attn (B, heads, gh, gw), overlaid: 1.5·(heads + 1) × 1.5·B inches."""
     B, H = attn.shape[:2]
@@ -140,4 +150,5 @@ def plot_head_attention(images: torch.Tensor, attn: torch.Tensor, path: str | Pa
             _overlay(ax, picture, attn[i, h], tuple(images.shape[-2:]))
             if i == 0:
                 ax.set_title(f"head {h + 1}", fontsize=7)
+    fig.suptitle(_titled("last layer's attention of the output token", note), fontsize=9)
     return _save(fig, path, dpi)

@@ -184,8 +184,14 @@ def _training_data(
     return SeededTransform(train_set, transform, seed=cfg.seed), None
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy against class indices (B,) or soft labels (B, K) from Mixup/CutMix."""
+def _loss(
+    logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Cross-entropy against class indices (B,) or soft labels (B, K) from Mixup/CutMix. A distilled model
+    (DeiT) returns the logits of both heads in training; vitkit has no teacher, so both learn the label
+    and the loss is their mean (DeiT's hard distillation would give the second head the teacher's class)."""
+    if isinstance(logits, tuple):
+        return sum(_loss(head, target, label_smoothing) for head in logits) / len(logits)
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
