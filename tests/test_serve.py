@@ -297,7 +297,7 @@ def test_no_request_reads_a_path_from_disk(client, path):
 def test_the_page_and_its_assets_are_served_locally(client):
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
-    assets = re.findall(r'(?:href|src)="([^"]+)"', page.text)
+    assets = [a for a in re.findall(r'(?:href|src)="([^"]+)"', page.text) if a != "data:,"]  # no favicon
     assert assets and all(a.startswith("/static/") for a in assets)  # no CDN
     assert all(client.get(a).status_code == 200 for a in assets)
     assert not re.search(r"https?://", client.get("/static/app.js").text + client.get("/static/style.css").text)
@@ -311,3 +311,21 @@ def test_the_page_offers_fashion_mnist_samples_for_a_fashion_mnist_model_and_pho
     photos = [Image.open(io.BytesIO(client.get(url).content)) for url in client.get("/samples").json()]
     assert len(fashion) >= 3 and all(im.size == (28, 28) and im.mode == "L" for im in fashion)
     assert len(photos) >= 3 and all(im.mode == "RGB" and max(im.size) > 28 for im in photos)
+
+
+def test_a_hybrid_is_explained_on_its_token_grid():
+    """R26+ViT-S/32 at 64 px: 2x2 tokens from the ResNet's feature map."""
+    hybrid = create_model("vit_small_r26_s32_224", img_size=64, depth=1, num_classes=10).eval()
+    with TestClient(create_app(hybrid, CLASSES)) as c:
+        body = c.post("/v1/explain", content=_noise_png(70)).json()
+    assert torch.tensor(body["rollout"]).shape == (2, 2) and _decode_data_uri(body["overlay_png"]).size == (64, 64)
+
+
+def test_bf16_probabilities_are_those_of_fp32_within_bf16_rounding(model):
+    image = _noise_png()
+    with TestClient(create_app(model, CLASSES)) as fp32, TestClient(create_app(model, CLASSES, precision="bf16")) as bf16:
+        exact = fp32.post("/v1/predict?topk=10", content=image).json()["topk"]
+        low = bf16.post("/v1/predict?topk=10", content=image).json()["topk"]
+    by_index = {t["index"]: t["prob"] for t in exact}
+    assert all(abs(t["prob"] - by_index[t["index"]]) < 0.02 for t in low)
+    assert low != exact  # bf16 did run

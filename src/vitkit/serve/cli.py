@@ -7,9 +7,12 @@ import signal
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import MB, app_from_checkpoint
+        from .app import MB, app_from_checkpoint
+    except ImportError as e:
+        raise ValueError(f"needs the serve extra ({e.name} is missing): pip install 'vitkit[serve]'") from None
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
         raise ValueError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-upload-mb > 0")
