@@ -206,22 +206,19 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answer(mod
 def test_healthz_answers_while_a_batch_computes(model):
     class Slow(NoAttention):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            time.sleep(1.0)
+            time.sleep(2.0)
             return self.inner(x)
 
     app = create_app(Slow(model), CLASSES, max_wait_ms=0)
 
-    async def work(c: httpx.AsyncClient) -> tuple[float, int]:
+    async def work(c: httpx.AsyncClient) -> tuple[bool, int, int]:
         prediction = asyncio.create_task(c.post("/v1/predict", content=_noise_png()))
         await asyncio.sleep(0.3)  # the forward pass has started
-        start = time.perf_counter()
         health = await c.get("/healthz")
-        waited = time.perf_counter() - start
-        assert not prediction.done() and health.status_code == 200
-        return waited, (await prediction).status_code
+        computing = not prediction.done()
+        return computing, health.status_code, (await prediction).status_code
 
-    waited, status = asyncio.run(_with_async_client(app, work))
-    assert waited < 0.5 and status == 200
+    assert asyncio.run(_with_async_client(app, work)) == (True, 200, 200)
 
 
 # --- robustness and security ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ..data.images import ImageDecodeError, open_image
 from ..evaluate.predict import checkpoint_classes, checkpoint_metadata, class_names, image_transform, probabilities
 from ..precision import Precision, autocast
 from .batcher import Batcher
-from .middleware import BodyLimit, Metrics, error
+from .middleware import BodyLimit, Metrics, MetricsMiddleware, error
 
 MB = 1 << 20
 # Uploads are either multipart (field `file`) or the image's bytes as the body, with one of these types.
@@ -170,7 +170,7 @@ def create_app(
 
     app = FastAPI(title="vitkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
-    app.add_middleware(Metrics.Middleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
     protected = [Depends(_api_key_check(api_key))]
 

@@ -20,9 +20,10 @@ def _serve(args: argparse.Namespace) -> int:
         args.checkpoint, args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         precision=args.precision, api_key=args.api_key, max_upload_bytes=int(args.max_upload_mb * MB),
     )  # fmt: skip
-    # uvicorn shuts down gracefully on SIGTERM (in-flight requests finish, then the batchers drain), then
-    # re-raises the signal under the handler it found; this one lets that end as a clean exit 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # uvicorn shuts down gracefully on SIGTERM or Ctrl-C (in-flight requests finish, then the batchers
+    # drain), then re-raises the signal under the handler it found; these let that end as a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60)
     return 0
 

@@ -71,26 +71,27 @@ class Metrics:
     def response(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-    class Middleware:
-        """Counts each response by path and status and times it."""
 
-        def __init__(self, app: ASGIApp, metrics: "Metrics") -> None:
-            self.app, self.metrics = app, metrics
+class MetricsMiddleware:
+    """Counts each response in `metrics` by path and status, and times it."""
 
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                return await self.app(scope, receive, send)
-            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-            status = 500  # unless a response starts
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
-            async def record_status(message: dict[str, Any]) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        status = 500  # unless a response starts
 
-            with self.metrics.latency.labels(path).time():
-                try:
-                    await self.app(scope, receive, record_status)
-                finally:
-                    self.metrics.requests.labels(path, str(status)).inc()
+        async def record_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with self.metrics.latency.labels(path).time():
+            try:
+                await self.app(scope, receive, record_status)
+            finally:
+                self.metrics.requests.labels(path, str(status)).inc()
