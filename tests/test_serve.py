@@ -11,6 +11,7 @@ import re
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 import httpx
@@ -24,7 +25,7 @@ from vitkit import create_model
 from vitkit.analysis.rollout import attention_rollout
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
-from vitkit.serve import app_from_checkpoint, create_app
+from vitkit.serve import Batcher, app_from_checkpoint, create_app
 
 CLASSES = [f"class {i}" for i in range(10)]
 MB = 1 << 20
@@ -219,6 +220,46 @@ def test_healthz_answers_while_a_batch_computes(model):
         return computing, health.status_code, (await prediction).status_code
 
     assert asyncio.run(_with_async_client(app, work)) == (True, 200, 200)
+
+
+def test_a_failed_forward_pass_fails_its_own_callers_and_the_batcher_carries_on():
+    calls = 0
+
+    def fn(x: torch.Tensor) -> torch.Tensor:  # (B, 1, 2, 2) -> (B,)
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("out of memory")
+        return x.sum(dim=(1, 2, 3))
+
+    async def work() -> tuple[list, list]:
+        batcher = Batcher(fn, max_batch=4, max_wait_ms=50)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher.start(executor)
+            images = [torch.full((1, 2, 2), float(i)) for i in range(3)]
+            failed = await asyncio.gather(*(batcher.submit(x) for x in images), return_exceptions=True)
+            served = await asyncio.gather(*(batcher.submit(x) for x in images))
+            await batcher.stop()
+        return failed, served
+
+    failed, served = asyncio.run(work())
+    assert all(isinstance(e, RuntimeError) for e in failed) and [float(v) for v in served] == [0.0, 4.0, 8.0]
+
+
+def test_a_failed_forward_pass_is_a_500_json_error_and_the_server_carries_on(model):
+    class FailsOnce(NoAttention):
+        failed = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("CUDA out of memory")
+            return self.inner(x)
+
+    with TestClient(create_app(FailsOnce(model), CLASSES), raise_server_exceptions=False) as c:
+        failed = c.post("/v1/predict", content=_noise_png())
+        assert c.post("/v1/predict", content=_noise_png()).status_code == 200
+    assert failed.status_code == 500 and failed.json() == {"error": "internal error (RuntimeError)"}
 
 
 # --- robustness and security ---------------------------------------------------------------------------

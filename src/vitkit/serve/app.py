@@ -126,7 +126,7 @@ def _batch_fns(model: torch.nn.Module, precision: Precision) -> tuple[Callable, 
 
     @torch.inference_mode()
     def explain(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(device, precision):
+        with autocast(device, precision):  # two passes: the forward keeps its fused attention kernel
             return probabilities(model, x).cpu(), attention_rollout(model, x, batch_size=len(x))
 
     return predict, explain if hasattr(model, "attention_maps") else None
@@ -153,15 +153,15 @@ def create_app(
     transform = image_transform(cfg)
     page = _page_files(sample_set(names, dataset))
     metrics = Metrics(max_batch)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitkit-model")  # one forward at a time
     predict_fn, explain_fn = _batch_fns(model, precision)
-    batchers = {kind: Batcher(fn, executor, max_batch, max_wait_ms, metrics.batch_size.observe)
+    batchers = {kind: Batcher(fn, max_batch, max_wait_ms, metrics.batch_size.observe)
                 for kind, fn in (("predict", predict_fn), ("explain", explain_fn)) if fn is not None}  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitkit-model")  # one forward at a time
         for b in batchers.values():
-            b.start()
+            b.start(executor)
         try:
             yield
         finally:

@@ -22,26 +22,26 @@ Row = torch.Tensor | tuple[torch.Tensor, ...]
 
 class Batcher:
     """Batches the images submitted concurrently (up to `max_batch`, waiting at most `max_wait_ms` for
-    more once one is waiting) and runs `fn` on them in `executor`. `on_batch(size)` is called per batch."""
+    more once one is waiting) and runs `fn` on them in the executor given to `start`. `on_batch(size)` is
+    called per batch."""
 
     def __init__(
         self,
         fn: BatchFn,
-        executor: Executor,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch} and {max_wait_ms}")
-        self.fn, self.executor = fn, executor
+        self.fn = fn
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.on_batch = on_batch
         self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[Row]]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run())
+    def start(self, executor: Executor) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(executor))
 
     async def stop(self) -> None:
         """Finish every image already submitted, then stop the worker."""
@@ -71,12 +71,12 @@ class Batcher:
                 break
         return batch
 
-    async def _run(self) -> None:
+    async def _run(self, executor: Executor) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             try:
-                out = await loop.run_in_executor(self.executor, self.fn, torch.stack([x for x, _ in batch]))
+                out = await loop.run_in_executor(executor, self.fn, torch.stack([x for x, _ in batch]))
                 outputs = out if isinstance(out, tuple) else (out,)
                 for i, (_, future) in enumerate(batch):
                     if not future.done():  # a caller that went away has cancelled its future
