@@ -190,12 +190,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 # Each subcommand registers itself here: a function that adds its parser and sets `func`.
 def _add_others(sub: argparse._SubParsersAction) -> None:
-    """fewshot, analyze, export and bench: their parsers live beside their code."""
+    """fewshot, analyze, export, bench and serve: their parsers live beside their code."""
     from .analysis.cli import add_analyze_parser, add_fewshot_parser
     from .bench import add_parser as add_bench_parser
     from .export import add_parser as add_export_parser
+    from .serve.cli import add_parser as add_serve_parser
 
-    for add in (add_fewshot_parser, add_analyze_parser, add_export_parser, add_bench_parser):
+    for add in (add_fewshot_parser, add_analyze_parser, add_export_parser, add_bench_parser, add_serve_parser):
         add(sub)
 
 

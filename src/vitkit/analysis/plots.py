@@ -22,6 +22,7 @@ from .filters import EmbeddingFilters
 from .pos_embed import PosEmbedSimilarity
 
 DPI = 100
+HEAT_CMAP = "jet"  # attention heat maps
 FILTER_COLUMNS = 7  # the paper shows its 28 components in 4 rows of 7
 
 
@@ -115,12 +116,16 @@ def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int =
     return _save(fig, path, dpi)
 
 
-def _overlay(ax: Axes, picture: np.ndarray, heat: torch.Tensor, size: tuple[int, int]) -> None:
-    """Draw picture with heat (gh, gw), upsampled bilinearly to size and scaled to [0, 1], on top."""
+def heat_map(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """heat (gh, gw) -> (H, W): upsampled bilinearly to `size`, scaled to [0, 1] for a colour map."""
     heat = F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+    return (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+
+
+def _overlay(ax: Axes, picture: np.ndarray, heat: torch.Tensor, size: tuple[int, int]) -> None:
+    """Draw picture with heat (gh, gw), as heat_map makes it, on top."""
     _show(ax, picture)
-    ax.imshow(heat.numpy(), cmap="jet", alpha=0.5)
+    ax.imshow(heat_map(heat, size).numpy(), cmap=HEAT_CMAP, alpha=0.5)
 
 
 def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
