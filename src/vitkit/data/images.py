@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator
+from typing import IO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # PIL's own threshold for its DecompressionBombWarning (it refuses outright only at twice this)
 MAX_PIXELS = 89_478_485
+Source = Union[str, os.PathLike, IO[bytes]]
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
@@ -55,26 +56,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _guarded_open(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+def _guarded_open(path: Source, max_pixels: int, name: str | None = None) -> Iterator[Image.Image]:
     """PIL's Image.open with the size guard; any failure inside, reading or decoding, becomes an
-    ImageDecodeError naming the file."""
+    ImageDecodeError naming the file (or `name`, for an in-memory file)."""
+    name = name or str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                check_size(path, image, max_pixels)
+                check_size(name, image, max_pixels)
                 yield image
     except ImageDecodeError:
         raise
     except FileNotFoundError:
-        raise ImageDecodeError(path, "no such file") from None
+        raise ImageDecodeError(name, "no such file") from None
     except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(path, f"not a decodable image ({e or type(e).__name__})") from None
+        raise ImageDecodeError(name, f"not a decodable image ({e or type(e).__name__})") from None
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `path` fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise."""
-    with _guarded_open(path, max_pixels) as image:
+def open_image(path: Source, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Decode `path` (or an open binary file, called `name` in messages) fully into an RGB PIL image;
+    ImageDecodeError (one line, naming the file) otherwise."""
+    with _guarded_open(path, max_pixels, name) as image:
         image.load()  # a truncated file fails here, not lazily later
         return to_rgb(image)
 
