@@ -107,7 +107,7 @@ def _samples(dataset: Dataset, split: str, first: int, n: int, options: ShardOpt
 
 def _write_shard(out: Path, name: str, samples: list[dict[str, Any]]) -> None:
     def write(tmp: str) -> None:
-        with wds.TarWriter(tmp, encoder=False) as sink:
+        with wds.TarWriter(tmp, encoder=False, mtime=0) as sink:  # reproducible bytes, hence checksums
             for sample in samples:
                 sink.write(sample)
 

@@ -137,7 +137,7 @@ class ShardSource:
         files = tar_file_expander([{"url": name, "stream": stream}], handler=note)
         n, last_key = 0, None
         for sample in group_by_keys(files, handler=note):
-            if n >= stop or (problems and "cls" not in sample):  # a sample cut short at the end
+            if n >= stop or (problems and not _whole(sample)):  # a sample cut short by the damage
                 break
             if n >= start:
                 yield n, f"{name}:{sample['__key__']}", sample
@@ -152,6 +152,10 @@ class ShardSource:
             warnings.warn(f"shard {name}: SHA-256 differs from index.json's: the file changed since "
                           f"`vitkit shard` wrote it", stacklevel=2)  # fmt: skip
         stream.close()
+
+
+def _whole(sample: dict[str, Any]) -> bool:
+    return "cls" in sample and any(k in sample for k in IMAGE_KEYS)
 
 
 def decode(record: dict[str, Any], where: str, channels: int, num_classes: int) -> tuple[Any, int]:
