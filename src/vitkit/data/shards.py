@@ -20,7 +20,6 @@ from typing import Any, Iterator
 
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 

@@ -85,7 +85,8 @@ def _indexed_feed(train_set: Any, mcfg: Any, data: DataSource, cfg: TrainConfig,
     loader = make_loader(dataset, micro, sampler, workers, drop_last=True, pin_memory=procs.device.type == "cuda",
                          collate=collate)  # fmt: skip
     steps = sampler.num_samples // (micro * per_step)
-    return Feed(loader, sampler, per_step, steps, workers, "per-image" if collate is None else "batched", len(train_set))
+    augmentation = "per-image" if collate is None else "batched"
+    return Feed(loader, sampler, per_step, steps, workers, augmentation, len(train_set))
 
 
 def _streamed_feed(train_set: StreamedSplit, mcfg: Any, data: DataSource, cfg: TrainConfig,

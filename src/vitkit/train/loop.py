@@ -109,7 +109,7 @@ class TrainResult:
             lines.append(f"best top-1: {self.best_top1:.2%} ({self.out_dir / BEST})")
         lines.append(f"metrics: {self.out_dir / 'metrics.jsonl'}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
         if self.skipped_images:
-            lines.append(f"skipped {self.skipped_images} unreadable or undecodable images (named in the warnings above)")
+            lines.append(f"skipped {self.skipped_images} undecodable images (named in the warnings above)")
         if self.skipped_steps:
             lines.append(f"skipped {self.skipped_steps} steps whose loss was not finite (--skip-nonfinite)")
         return "\n".join(lines)
