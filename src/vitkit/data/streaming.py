@@ -128,7 +128,12 @@ class ShardSource:
     def records(self, shard: int, start: int, stop: int) -> Iterator[Record]:
         """Samples start..stop-1 of a shard; those it lacks (truncated, unreadable) as None, with a warning."""
         name, problems = self.names[shard], []
-        stream = HashingReader(open_url(self.urls[shard]))
+        try:
+            stream = HashingReader(open_url(self.urls[shard]))
+        except OSError as e:
+            warnings.warn(f"shard {name}: cannot be opened ({e}); {stop - start} samples skipped", stacklevel=2)
+            yield from ((i, name, None) for i in range(start, stop))
+            return
 
         def note(exn: Exception) -> bool:
             problems.append(exn)
