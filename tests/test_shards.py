@@ -263,5 +263,7 @@ def test_hf_streams_a_local_dataset_directory_like_its_shards(fashion_shards, da
     hf, wds_data = load_data(f"hf:{tmp_path}"), load_data(f"wds:{fashion_shards}")
     assert hf.classes == fashion.classes and len(hf.test) == 24
     pixels = lambda im: torch.from_numpy(np.array(im.convert("RGB")))  # noqa: E731
-    for (a, y), (b, z) in zip(hf.test.configured(pixels), wds_data.test.configured(pixels)):
-        assert y == z and torch.equal(a, b)
+    streams = [DataLoader(d.test.first(24).configured(pixels, streams=2), batch_size=None, num_workers=2)
+               for d in (hf, wds_data)]  # fmt: skip
+    pairs = list(zip(*streams))
+    assert len(pairs) == 24 and all(y == z and torch.equal(a, b) for (a, y), (b, z) in pairs)

@@ -48,8 +48,11 @@ class HFSource:
 
     def records(self, shard: int, start: int, stop: int) -> Iterator[Record]:
         rows = self._stream().skip(start).take(stop - start)
-        for i, row in enumerate(rows, start):
-            yield i, f"{self.spec}[{self.split}]#{i}", {"image": row[self.image], "label": row[self.label]}
+        i = start
+        for batch in rows.iter(batch_size=64):  # iterating `rows` itself would split them among loader workers
+            for image, label in zip(batch[self.image], batch[self.label]):
+                yield i, f"{self.spec}[{self.split}]#{i}", {"image": image, "label": label}
+                i += 1
 
 
 def split_names(name: str, config: str | None) -> list[str]:
