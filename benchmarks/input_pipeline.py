@@ -7,7 +7,7 @@ The photos are random crops (a third of the side or more, resized to 224 px) and
 scikit-image's sample photographs, one class per photograph. Images per second per worker, set beside
 a model's training images per second, says how many cores keep that accelerator fed.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/input_pipeline.py --images 4000 --workers 1 2 4 8
+    PYTHONPATH=src .venv/bin/python benchmarks/input_pipeline.py --images 4000   # workers 1, 2, 4, ... up to the cores
     PYTHONPATH=src .venv/bin/python benchmarks/input_pipeline.py --images 200 --workers 1 --batches 3   # smoke
 
 Writes benchmarks/results/input_pipeline.json and prints a markdown table.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -106,7 +107,8 @@ def decode_rates(files: list[Path], device: str | None) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=4000)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    cores = os.cpu_count() or 2
+    p.add_argument("--workers", type=int, nargs="+", default=[w for w in (1, 2, 4, 8, 16, 32) if w <= cores])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     p.add_argument("--dir", help="where to build the photos and shards (default: a temporary directory)")
