@@ -239,14 +239,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     if cfg.fsdp:
         distributed.shard(model)  # before the optimiser is built: it holds this process's shards
 
-    if recipe.batch_size % procs.world_size:
-        raise ValueError(f"batch_size {recipe.batch_size} is not divisible by the {procs.world_size} processes")
-    per_rank = recipe.batch_size // procs.world_size
-    micro = cfg.micro_batch or per_rank
-    if per_rank % micro:
-        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
-    accum = per_rank // micro
-
+    micro, accum = _micro_batches(cfg, procs)
     feed = build_feed(data, mcfg, cfg, procs, micro, accum, _saved_workers(cfg))
     steps_per_epoch = feed.steps_per_epoch
     if recipe.steps is None and recipe.epochs is None:
@@ -262,23 +255,11 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
 
     # ---- resume ----------------------------------------------------------------------------
     step, best_top1, elapsed, skipped_steps = 0, None, 0.0, 0
-    resumed = None
-    if cfg.resume:
-        if main:
-            remove_partial_writes(out)
-        procs.barrier()
-        resumed = newest_intact(out)
-        if resumed is None:
-            say(f"{out} has no checkpoint yet: starting from the beginning")
+    resumed = _newest_checkpoint(cfg, procs) if cfg.resume else None
+    if cfg.resume and resumed is None:
+        say(f"{out} has no checkpoint yet: starting from the beginning")
     if resumed is not None:
-        state = resumed.state
-        distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        if state["total_steps"] != total_steps:
-            was = state["total_steps"]
-            raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
+        state = _restore(resumed, model, optimizer, scaler, ema, total_steps)
         step, best_top1, elapsed = state["step"], state["best_top1"], state["elapsed"]
         skipped_steps = state.get("skipped_steps", 0)
         say(f"resuming {out} at step {step} of {total_steps} from {resumed.path}")
@@ -412,6 +393,41 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         log.close()
     skipped_images = len(data.skipped_files()) + feed.skipped(procs)
     return TrainResult(out, step, final, last_eval, best_top1, skipped_images, skipped_steps)
+
+
+def _micro_batches(cfg: TrainConfig, procs: distributed.Processes) -> tuple[int, int]:
+    """(images per forward pass and process, forward passes per step) that make up the global batch."""
+    batch = cfg.recipe.batch_size
+    if batch % procs.world_size:
+        raise ValueError(f"batch_size {batch} is not divisible by the {procs.world_size} processes")
+    per_rank = batch // procs.world_size
+    micro = cfg.micro_batch or per_rank
+    if per_rank % micro:
+        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
+    return micro, per_rank // micro
+
+
+def _newest_checkpoint(cfg: TrainConfig, procs: distributed.Processes) -> Any:
+    """The newest intact checkpoint of the run in cfg.out (None if there is none), once rank 0 has removed
+    the partial writes of an interrupted one."""
+    if procs.is_main:
+        remove_partial_writes(Path(cfg.out))
+    procs.barrier()
+    return newest_intact(Path(cfg.out))
+
+
+def _restore(resumed: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             ema: ModelEMA | None, total_steps: int) -> dict[str, Any]:  # fmt: skip
+    """Load a checkpoint's weights, optimiser, scaler and EMA; its state (step, best_top1, elapsed, ...)."""
+    state = resumed.state
+    if state["total_steps"] != total_steps:
+        was = state["total_steps"]
+        raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
+    distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"])
+    return state
 
 
 def _saved_workers(cfg: TrainConfig) -> int | None:
