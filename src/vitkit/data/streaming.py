@@ -141,22 +141,24 @@ class ShardSource:
 
         files = tar_file_expander([{"url": name, "stream": stream}], handler=note)
         n, last_key = 0, None
-        for sample in group_by_keys(files, handler=note):
-            if n >= stop or (problems and not _whole(sample)):  # a sample cut short by the damage
-                break
-            if n >= start:
-                yield n, f"{name}:{sample['__key__']}", sample
-            n, last_key = n + 1, sample["__key__"]
-        if n < stop:
-            why = f" ({str(problems[0]).split(' @ ')[0]})" if problems else ""
-            after = f"after key {last_key}" if last_key else "at its start"
-            warnings.warn(f"shard {name}: truncated or corrupt {after}{why}: {n} of {self.counts[shard]} samples "
-                          f"read; {stop - max(n, start)} skipped", stacklevel=2)  # fmt: skip
-            yield from ((i, name, None) for i in range(max(n, start), stop))
-        elif stop == self.counts[shard] and self.sha256[shard] and stream.drain() != self.sha256[shard]:
-            warnings.warn(f"shard {name}: SHA-256 differs from index.json's: the file changed since "
-                          f"`vitkit shard` wrote it", stacklevel=2)  # fmt: skip
-        stream.close()
+        try:
+            for sample in group_by_keys(files, handler=note):
+                if n >= stop or (problems and not _whole(sample)):  # a sample cut short by the damage
+                    break
+                if n >= start:
+                    yield n, f"{name}:{sample['__key__']}", sample
+                n, last_key = n + 1, sample["__key__"]
+            if n < stop:
+                why = f" ({str(problems[0]).split(' @ ')[0]})" if problems else ""
+                after = f"after key {last_key}" if last_key else "at its start"
+                warnings.warn(f"shard {name}: truncated or corrupt {after}{why}: {n} of {self.counts[shard]} "
+                              f"samples read; {stop - max(n, start)} skipped", stacklevel=2)  # fmt: skip
+                yield from ((i, name, None) for i in range(max(n, start), stop))
+            elif stop == self.counts[shard] and self.sha256[shard] and stream.drain() != self.sha256[shard]:
+                warnings.warn(f"shard {name}: SHA-256 differs from index.json's: the file changed since "
+                              f"`vitkit shard` wrote it", stacklevel=2)  # fmt: skip
+        finally:
+            stream.close()
 
 
 def _whole(sample: dict[str, Any]) -> bool:
