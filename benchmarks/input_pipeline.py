@@ -110,7 +110,7 @@ def main() -> None:
     cores = os.cpu_count() or 2
     p.add_argument("--workers", type=int, nargs="+", default=[w for w in (1, 2, 4, 8, 16, 32) if w <= cores])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
+    p.add_argument("--batches", type=int, default=60, help="timed batches per measurement")
     p.add_argument("--dir", help="where to build the photos and shards (default: a temporary directory)")
     p.add_argument("--train-images-per-s", type=float, default=TRAIN_IMAGES_PER_S)
     args = p.parse_args()
