@@ -71,7 +71,7 @@ def _guarded_open(source: Source, max_pixels: int, name: str | None = None) -> I
     except ImageDecodeError:
         raise
     except FileNotFoundError:
-        raise ImageDecodeError(path, "no such file") from None
+        raise ImageDecodeError(name, "no such file") from None
     except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
         reason = str(e).replace(repr(source), repr(name)) if name is not None else str(e)  # not an object's repr
         raise ImageDecodeError(path, f"not a decodable image ({reason or type(e).__name__})") from None
