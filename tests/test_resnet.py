@@ -175,7 +175,7 @@ def test_official_bit_npz_loads_at_parity_and_timm_reads_it_back(tmp_path, timm_
 
 def test_npz_into_a_vit_is_a_one_line_error(tmp_path, timm_tiny) -> None:
     np.savez(tmp_path / "bit.npz", **bit_npz(timm_tiny))
-    with pytest.raises(CheckpointError, match="a BiT .npz holds a ResNet; vit_test_patch4_16 is a vit model"):
+    with pytest.raises(CheckpointError, match=r"bit\.npz: a BiT \.npz holds a ResNet; vit_test_patch4_16 is a vit model"):
         vitkit.load(tmp_path / "bit.npz", "vit_test_patch4_16")
 
 

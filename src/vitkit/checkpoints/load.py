@@ -122,7 +122,10 @@ def apply_state(
 def _convert(raw: RawCheckpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     if raw.format == "vitkit":
         return dict(raw.state)
-    state = importlib.import_module(f".{raw.format}", __package__).convert(raw.state, cfg)
+    try:
+        state = importlib.import_module(f".{raw.format}", __package__).convert(raw.state, cfg)
+    except ValueError as e:  # the converters name the key; the file is named here
+        raise CheckpointError(f"{raw.path}: {e}") from None
     return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
