@@ -48,8 +48,9 @@ def test_parameters_and_their_names_equal_timms(name: str) -> None:
     with torch.device("meta"):
         model, reference = vitkit.create_model(name, num_classes=1000), timm.create_model(name)
     assert num_params(model) == num_params(reference)
-    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}  # noqa: E731
-    assert shapes(model) == shapes(reference)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
 
 
 @pytest.mark.parametrize("alias, name", [("BiT-M-R50x1", "resnetv2_50x1_bit"), ("BiT-M-R152x4", "resnetv2_152x4_bit"),
@@ -106,21 +107,15 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module")
-def expected(timm_r50, images) -> torch.Tensor:
-    """timm's logits."""
-    with torch.no_grad():
-        return timm_r50(images)
-
-
-def test_logits_and_pre_logits_match_timm(timm_r50, images, expected) -> None:
+def test_features_logits_and_pre_logits_match_timm(timm_r50, images) -> None:
     model = vitkit.create_model("resnetv2_50x1_bit", num_classes=10).eval()
     model.load_state_dict(timm_r50.state_dict())
     with torch.no_grad():
-        features = model.forward_features(images)
-        torch.testing.assert_close(model.forward_head(features), expected, atol=1e-4, rtol=0)
+        features, expected = model.forward_features(images), timm_r50.forward_features(images)
+        torch.testing.assert_close(features, expected, atol=1e-4, rtol=0)  # (2, 2048, 1, 1)
+        torch.testing.assert_close(model.forward_head(features), timm_r50.forward_head(expected), atol=1e-4, rtol=0)
         pooled = model.forward_head(features, pre_logits=True)
-        torch.testing.assert_close(pooled, timm_r50.forward_head(features, pre_logits=True), atol=1e-4, rtol=0)
+        torch.testing.assert_close(pooled, timm_r50.forward_head(expected, pre_logits=True), atol=1e-4, rtol=0)
     assert pooled.shape == (2, 2048)
 
 
@@ -180,7 +175,7 @@ def test_official_bit_npz_loads_at_parity_and_timm_reads_it_back(tmp_path, timm_
 
 def test_npz_into_a_vit_is_a_one_line_error(tmp_path, timm_tiny) -> None:
     np.savez(tmp_path / "bit.npz", **bit_npz(timm_tiny))
-    with pytest.raises(CheckpointError, match="a BiT .npz holds a ResNet; vit_test_patch4_16 is a vit model"):
+    with pytest.raises(CheckpointError, match=r"bit\.npz: a BiT \.npz holds a ResNet; vit_test_patch4_16 is a vit model"):
         vitkit.load(tmp_path / "bit.npz", "vit_test_patch4_16")
 
 
@@ -310,3 +305,13 @@ def test_attention_analyses_of_a_resnet_are_a_one_line_error(analysis) -> None:
         analysis(vitkit.create_model("resnetv2_test_16"), torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"^position-embedding similarity needs position embeddings"):
         pos_embed_similarity(vitkit.create_model("resnetv2_test_16"))
+
+
+def test_fashion_hybrid_feeds_the_fashion_vits_transformer_7x7_tokens_from_a_bit_stem() -> None:
+    hybrid, vit = vitkit.create_model("vit_fashion_hybrid_28"), vitkit.create_model("vit_fashion_patch4_28")
+    assert hybrid.config.family == "hybrid" and hybrid.config.grid_size == vit.config.grid_size == (7, 7)
+    def transformer(model: torch.nn.Module) -> dict[str, torch.Size]:
+        return {k: v.shape for k, v in model.state_dict().items() if not k.startswith("patch_embed.")}
+
+    assert transformer(hybrid) == transformer(vit)
+    assert hybrid(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -153,7 +153,7 @@ def _convert(raw: RawCheckpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         return dict(raw.state)
     try:
         state = importlib.import_module(f".{raw.format}", __package__).convert(raw.state, cfg)
-    except CheckpointError as e:
+    except ValueError as e:  # the converters name the key; the file is named here
         raise CheckpointError(f"{raw.path}: {e}") from None
     return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 

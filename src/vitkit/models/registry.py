@@ -51,6 +51,10 @@ _CPU = {
                                   num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
     "vit_fashion_wide_patch4_28": dict(img_size=28, patch_size=4, depth=6, embed_dim=192, mlp_dim=384, num_heads=3,
                                        num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
+    # The hybrid of the Fashion-MNIST comparison: a BiT stem (7x7/2 conv, GroupNorm, 3x3/2 max-pool) makes the
+    # 7x7 tokens of vit_fashion_patch4_28, whose Transformer follows.
+    "vit_fashion_hybrid_28": dict(img_size=28, backbone_layers=(), patch_size=1, depth=6, embed_dim=128, mlp_dim=256,
+                                  num_heads=4, num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
     # `vitkit train --data fashion_mnist`'s default: 16 tokens of 7x7 pixels, ~1k images/s on 2 CPU cores.
     "vit_fashion_patch7_28": dict(img_size=28, patch_size=7, depth=6, embed_dim=128, mlp_dim=256, num_heads=4,
                                   num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
