@@ -4,6 +4,7 @@ the model, transformers; random weights plus noise on every tensor so that parit
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
+from test_checkpoints import _lay_out_hub_cache
+from test_huggingface import randomise  # noise on every parameter, zero heads included; eval mode
 from torch import nn
 
 import vitkit
@@ -20,6 +23,7 @@ from vitkit.analysis import analyze, attention_rollout, mean_attention_distance,
 from vitkit.analysis.attention import excluded_tokens
 from vitkit.analysis.rollout import rollout
 from vitkit.checkpoints.formats import CheckpointError
+from vitkit.checkpoints.huggingface import config_to_hf
 from vitkit.evaluate.fewshot import extract_features
 from vitkit.models.posembed import sincos_pos_embed
 from vitkit.train.loop import _loss
@@ -46,15 +50,6 @@ OPTIONS: list[tuple[dict[str, Any], dict[str, Any]]] = [
     (dict(reg_tokens=3, no_embed_class=True, init_values=0.1), dict(reg_tokens=3, no_embed_class=True,
                                                                     init_values=0.1)),
 ]  # fmt: skip
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Noise on every parameter (zero heads, LayerScale, fixed sin-cos tables included); eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def images(size: int | tuple[int, int], n: int = 2) -> torch.Tensor:
@@ -140,6 +135,28 @@ def test_position_embeddings_at_another_resolution_match_timms_resampling(tmp_pa
     model = vitkit_from(tmp_path / "w.safetensors", name, img_size=large)
     with torch.no_grad():
         torch.testing.assert_close(model(images(large)), peer_large(images(large)), atol=1e-4, rtol=0)
+
+
+def test_pretrained_true_loads_timms_hub_repository_of_a_descendant_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    name = "vit_small_patch14_reg4_dinov2"
+    peer = timm_twin(name, img_size=56, num_classes=0)
+    save_file(peer.state_dict(), tmp_path / "w.safetensors")
+    config = {"architecture": name, "num_classes": 0, "pretrained_cfg": {"input_size": [3, 518, 518]}}
+    _lay_out_hub_cache(tmp_path / "hub", f"timm/{name}.lvd142m", {
+        "config.json": json.dumps(config).encode(), "model.safetensors": (tmp_path / "w.safetensors").read_bytes(),
+    })  # fmt: skip
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = vitkit.create_model(name, pretrained=True, local_files_only=True, img_size=56,
+                                **{**VITKIT_SMALL, "num_classes": 0}).eval()  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(model(images(56)), peer(images(56)), atol=1e-4, rtol=0)
+
+
+def test_descendants_cannot_be_written_as_transformers_vit():
+    with pytest.raises(ValueError, match="Hugging Face ViT has no equivalent of no_embed_class"):
+        config_to_hf(vitkit.get_config("deit3_small_patch16_224"))
 
 
 # ---- the original releases that timm converts ----------------------------------------------------------
