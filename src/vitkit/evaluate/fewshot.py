@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.subsets import class_permutations
+
 BIAS_FEATURE = 100.0  # big_vision's BIAS_CONSTANT
 STD_EPS = 1e-5  # added to the std, as big_vision
 DEFAULT_L2 = 2.0**10
@@ -86,16 +88,6 @@ def ridge_readout(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float 
         lhs, rhs = z.T @ q, q.T @ targets
     w = (lhs / (eigs + l2)) @ rhs  # (F + 1, K)
     return LinearReadout(mean, std, w[:-1], BIAS_FEATURE * w[-1])
-
-
-def class_permutations(labels: torch.Tensor, num_classes: int, seed: int) -> list[torch.Tensor]:
-    """For each class, the indices of its examples in labels (N,) in a random order drawn from `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for c in range(num_classes):
-        idx = (labels == c).nonzero().flatten()
-        out.append(idx[torch.randperm(len(idx), generator=generator)])
-    return out
 
 
 @dataclass

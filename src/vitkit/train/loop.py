@@ -39,6 +39,7 @@ from ..data import (
     train_transform,
 )  # fmt: skip
 from ..data.batched import batched_training_data
+from ..data.subsets import split_subset
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
 from ..models import VisionTransformer, get_config
@@ -102,12 +103,13 @@ class TrainResult:
     best_top1: float | None
     skipped_images: int
     skipped_steps: int = 0
+    evaluated: str = "test"  # the split evaluated during training: "test" or "held-out"
 
     def summary(self) -> str:
         lines = [f"run directory: {self.out_dir}", f"checkpoint: {self.checkpoint} (after {self.steps} steps)"]
         if self.evaluation is not None:
             ev = self.evaluation
-            lines.append(f"test accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
+            lines.append(f"{self.evaluated} accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
         if self.best_top1 is not None:
             lines.append(f"best top-1: {self.best_top1:.2%} ({self.out_dir / BEST})")
         lines.append(f"metrics: {self.out_dir / 'metrics.jsonl'}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
@@ -133,6 +135,16 @@ def _resolve(cfg: TrainConfig, procs: distributed.Processes) -> TrainConfig:
 
 def _limit(dataset: torch.utils.data.Dataset, n: int | None) -> torch.utils.data.Dataset:
     return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
+
+
+def _splits(cfg: TrainConfig, data: DataSource) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """(training images, images evaluated during training): the test split, or the held-out part of the
+    training images when the run holds some out."""
+    train, evaluated = data.train, data.test
+    if cfg.subset or cfg.holdout:
+        train, held_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+        evaluated = held_out if held_out is not None else evaluated
+    return _limit(train, cfg.limit_train), _limit(evaluated, cfg.limit_eval)
 
 
 def _build_model(cfg: TrainConfig, data: DataSource) -> VisionTransformer:
@@ -280,7 +292,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
     accum = per_rank // micro
 
-    train_set = _limit(data.train, cfg.limit_train)
+    train_set, eval_set = _splits(cfg, data)
+    eval_name = "held-out" if cfg.holdout else "test"
     train_data, collate = _training_data(train_set, mcfg, data, cfg)
     sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
     workers = _workers(cfg, procs, batched=collate is not None)
@@ -292,7 +305,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
     total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
-    test_loader = eval_loader(_limit(data.test, cfg.limit_eval), mcfg, data.channels, batch_size=256, workers=workers)
+    eval_every = cfg.eval_every or steps_per_epoch
+    eval_images = eval_loader(eval_set, mcfg, data.channels, batch_size=256, workers=workers)
 
     optimizer = build_optimizer(model, recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -326,7 +340,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": workers,
             "augmentation": "per-image" if collate is None else "batched",
-            "train_images": len(train_set), "test_images": len(test_loader.dataset),
+            "train_images": len(train_set), "eval_images": len(eval_set), "eval_split": eval_name,
         }})  # fmt: skip
     procs.barrier()
 
@@ -369,7 +383,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         sharded = distributed.is_sharded(model)
         if main or sharded:  # a sharded model's forward pass needs every process
             started = time.time()
-            last_eval = evaluate(eval_model(), test_loader, len(data.classes), device, cfg.precision)
+            last_eval = evaluate(eval_model(), eval_images, len(data.classes), device, cfg.precision)
             seconds = time.time() - started
             improved = best_top1 is None or last_eval.top1 > best_top1
             if sharded:  # every process gathers the weights to save, or none
@@ -384,7 +398,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                     "eval_images_per_s": last_eval.n / max(seconds, 1e-9), "time_s": elapsed + time.time() - t0,
                 })  # fmt: skip
                 log.plot()
-                say(f"step {at}: test top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, "
+                say(f"step {at}: {eval_name} top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, "
                     f"loss {last_eval.loss:.4f}")  # fmt: skip
         procs.barrier()
 
@@ -429,7 +443,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                     log.write({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr,
                                "images_per_s": speed, "time_s": elapsed + time.time() - t0})  # fmt: skip
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
-                if step % steps_per_epoch == 0:
+                if step % eval_every == 0:
                     run_eval(step)
                     evaluated_at = step
                 checkpoint_due = step % cfg.checkpoint_every == 0 or step == total_steps
@@ -452,7 +466,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         signals.restore()
         bar.close()
         log.close()
-    return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()), skipped_steps)
+    return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()), skipped_steps, eval_name)
 
 
 def _stop_requested(signals: StopSignals, procs: distributed.Processes) -> bool:
