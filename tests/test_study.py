@@ -14,6 +14,7 @@ import vitkit.train.loop as loop
 from vitkit.bench import forward_flops as analytic_forward_flops
 from vitkit.cli import main
 from vitkit.data.subsets import balanced_order, nested_subset, subset_indices
+from vitkit.evaluate.fewshot import representations
 
 # Three tiny runs on scikit-learn's digits (1,437 training images, 10 classes): 6 steps of 10 images each,
 # a quarter of each subset held out (10 of 40 images), two held-out evaluations and checkpoints a run.
@@ -72,6 +73,16 @@ def test_the_held_out_part_is_class_balanced_disjoint_and_nested():
 def test_counted_forward_flops_of_a_vit_equal_the_analytic_count():
     model = vitkit.create_model("vit_fashion_patch4_28")
     assert study.forward_flops(model) == analytic_forward_flops(model.config)
+
+
+def test_one_pass_gives_the_models_logits_and_its_pre_logits_features():
+    model = vitkit.create_model("vit_test_patch4_16", num_classes=3).eval()
+    torch.nn.init.normal_(model.head.weight)
+    images = torch.randn(5, 3, 16, 16)
+    features, logits, labels = representations(model, [(images, torch.arange(5))])
+    torch.testing.assert_close(logits, model(images))
+    torch.testing.assert_close(features, model.forward_head(model.forward_features(images), pre_logits=True))
+    assert labels.tolist() == list(range(5))
 
 
 def test_family_names_pick_the_datasets_default_model():

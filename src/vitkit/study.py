@@ -35,8 +35,8 @@ from .checkpoints.load import load
 from .data import DataSource, load_data
 from .data.datasets import parse_spec
 from .data.subsets import check_size, dataset_labels, split_subset, subset_indices
-from .evaluate import eval_loader, evaluate
-from .evaluate.fewshot import extract_features, fewshot
+from .evaluate import eval_loader
+from .evaluate.fewshot import extract_features, fewshot, representations
 from .models import get_config
 from .precision import Precision
 from .train import fit, get_recipe, make_config
@@ -178,16 +178,15 @@ def _fewshot_pool(data: DataSource) -> Subset | None:
 
 
 def _evaluate(run_dir: Path, data: DataSource, pool: Subset | None, plan: Plan, device: torch.device) -> dict[str, Any]:
-    """Test top-1 and 10-shot accuracy of the run's chosen weights (the best held-out, else the final)."""
+    """Test top-1 and 10-shot accuracy of the run's chosen weights (the best held-out, else the final), in fp32."""
     model = load(run_dir / (BEST if plan.holdout else "model.safetensors")).to(device).eval()
-    test = eval_loader(data.test, model.config, data.channels)
-    top1 = evaluate(model, test, len(data.classes), device, plan.precision).top1
+    test_x, test_logits, test_y = representations(model, eval_loader(data.test, model.config, data.channels))
     shots = None
     if pool is not None:
         support_x, support_y = extract_features(model, eval_loader(pool, model.config, data.channels))
-        test_x, test_y = extract_features(model, test)
         result = fewshot(support_x, support_y, test_x, test_y, (SHOTS,), FEWSHOT_SEEDS, num_classes=len(data.classes))
         shots = result.mean[0]
+    top1 = (test_logits.argmax(dim=1) == test_y).double().mean().item()
     return {"top1": top1, "fewshot_10": shots, "forward_flops": forward_flops(model)}
 
 

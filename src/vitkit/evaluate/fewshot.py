@@ -26,23 +26,32 @@ DEFAULT_L2 = 2.0**10
 DEFAULT_SHOTS = (1, 5, 10, 25)
 
 
-def extract_features(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen pre-logits representation of every (images, labels) batch of `loader`, computed on
-    the model's device. -> features (N, F) float32 and labels (N,) int64, on the CPU, in loader order.
-    """
+def representations(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen pre-logits representation and the logits of every (images, labels) batch of `loader`,
+    from one forward pass on the model's device. -> features (N, F) and logits (N, K) float32, labels
+    (N,) int64, on the CPU, in loader order."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    features, labels = [], []
+    features, logits, labels = [], [], []
     for images, targets in loader:
         with torch.inference_mode():
             tokens = model.forward_features(images.to(device))
             features.append(model.forward_head(tokens, pre_logits=True).float().cpu())
+            logits.append(model.forward_head(tokens).float().cpu())
         labels.append(torch.as_tensor(targets, dtype=torch.int64))
     model.train(was_training)
     if not features:
         raise ValueError("the loader yielded no images")
-    return torch.cat(features), torch.cat(labels)  # concatenated outside inference mode: ordinary tensors
+    return torch.cat(features), torch.cat(logits), torch.cat(labels)  # concatenated outside inference mode
+
+
+def extract_features(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen pre-logits representation of every (images, labels) batch of `loader`, computed on
+    the model's device. -> features (N, F) float32 and labels (N,) int64, on the CPU, in loader order.
+    """
+    features, _, labels = representations(model, loader)
+    return features, labels
 
 
 @dataclass
