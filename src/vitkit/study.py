@@ -20,7 +20,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import torch
 from matplotlib.figure import Figure
@@ -37,11 +37,11 @@ from .data.datasets import parse_spec
 from .data.subsets import check_size, dataset_labels, split_subset, subset_indices
 from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
-from .models import get_config
+from .models import get_config, resolve_name
 from .precision import Precision
 from .train import fit, get_recipe, make_config
 from .train.loop import BEST
-from .train.recipes import FAMILY_RECIPES
+from .train.recipes import FAMILY_RECIPES, Recipe
 from .train.runlog import read_metrics
 
 FAMILIES = tuple(FAMILY_RECIPES)
@@ -79,7 +79,8 @@ def resolve_models(data: str, models: Sequence[str]) -> dict[str, str]:
                 raise ValueError(f"no default {entry} model for dataset {data}: name a registered model instead")
             entry = defaults[entry]
         try:
-            resolved[entry] = model_family(entry)
+            name = resolve_name(entry)  # a paper alias ('ViT-B/16') becomes the registry name, a folder name
+            resolved[name] = model_family(name)
         except ValueError as e:
             raise ValueError(f"{e} (--models takes the families {', '.join(FAMILIES)} or registered names)") from None
     if not resolved:
@@ -115,7 +116,7 @@ class Plan:
     recipe_overrides: dict[str, Any]
     evaluations: int  # held-out evaluations (and checkpoints) per run
 
-    def recipe(self, model: str) -> Any:
+    def recipe(self, model: str) -> Recipe:
         """The model's family recipe with the overrides and the study's run length."""
         base = get_recipe(FAMILY_RECIPES[self.models[model]], **self.recipe_overrides)
         return base.replace(steps=math.ceil(self.images_seen / base.batch_size), epochs=None)
@@ -135,6 +136,10 @@ def _check(plan: Plan, data: DataSource) -> None:
     """Every bad input a one-line ValueError, before any training."""
     if plan.images_seen <= 0:
         raise ValueError(f"images_seen must be positive, got {plan.images_seen}")
+    if not 0 <= plan.holdout < 1:
+        raise ValueError(f"holdout is a fraction of each subset, in [0, 1), got {plan.holdout}")
+    if plan.precision not in get_args(Precision):
+        raise ValueError(f"precision must be one of {get_args(Precision)}, got {plan.precision!r}")
     if plan.evaluations < 1:
         raise ValueError(f"evaluations must be positive, got {plan.evaluations}")
     if not plan.sizes or len(plan.seeds) != len(plan.sizes) or min(plan.seeds) < 1:
