@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import vitkit
 import vitkit.study as study
@@ -100,7 +101,10 @@ def test_a_study_writes_one_run_directory_per_model_size_and_seed_and_its_result
     for r in result["runs"]:
         run = Path(r["run_dir"])
         assert run == out / "vit_test_patch4_16" / f"n{r['size']}" / f"seed{r['seed']}"
-        assert (run / "config.yaml").is_file() and (run / "best.safetensors").is_file()
+        derived = yaml.safe_load((run / "config.yaml").read_text())["derived"]
+        assert (derived["train_images"], derived["eval_images"], derived["eval_split"]) == (
+            r["size"] * 3 // 4, r["size"] // 4, "held-out")  # fmt: skip
+        assert (run / "best.safetensors").is_file()
         assert 0 <= r["top1"] <= 1 and 0 <= r["fewshot_10"] <= 1
         assert r["train_flops"] == 3 * analytic_forward_flops(vitkit.get_config("vit_test_patch4_16")) * 60
     for name in ("study.json", "study.csv", "accuracy_vs_size.png", "accuracy_vs_flops.png"):

@@ -236,7 +236,9 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--workers", type=int, help="data-loading processes per run")
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
     recipe = d.add_argument_group("recipe fields (override every family's recipe)")
-    recipe_fields = _add_fields(recipe, Recipe, {}, skip=("epochs", "steps"))
+    # the study sets the run length; FLOPs are counted with every patch; nothing is fine-tuned
+    recipe_fields = _add_fields(recipe, Recipe, {}, skip=("epochs", "steps", "patch_drop", "patch_drop_until",
+                                                          "reset_head"))  # fmt: skip
     d.set_defaults(func=_study, recipe_fields=recipe_fields)
 
 
