@@ -299,7 +299,7 @@ def test_files_that_are_no_checkpoint_list_the_supported_formats(tmp_path, conte
 
 def test_state_dict_of_another_architecture_is_rejected(tmp_path):
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)}, tmp_path / "resnet.pth")
-    with pytest.raises(CheckpointError, match=r"resnet\.pth: no ViT weights recognised"):
+    with pytest.raises(CheckpointError, match=r"resnet\.pth: no weights of a supported model recognised"):
         read_checkpoint(tmp_path / "resnet.pth")
 
 

@@ -12,7 +12,7 @@ import torch
 import vitkit
 from vitkit import ViTConfig
 
-SHARED_WITH_TIMM = [name for name in vitkit.list_models() if name in set(timm.list_models())]
+SHARED_WITH_TIMM = [name for name in vitkit.list_models() if name in set(timm.list_models("vit_*"))]
 
 
 def num_params(model: torch.nn.Module) -> int:

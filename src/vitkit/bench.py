@@ -5,7 +5,8 @@ Conventions:
   `torch.utils.flop_counter` counts them; softmax, LayerNorm, GELU and elementwise ops are left out.
 - A training step (forward, backward, AdamW) costs 3× the forward: the backward computes a gradient
   for each matmul's input and for its weight. The patch embedding's input gradient (the images')
-  is never computed, so its share counts twice, not three times.
+  is never computed, so its share counts twice, not three times. Plain ViTs are counted from the
+  config; ResNets and hybrids by running the step on the meta device under `FlopCounterMode`.
 - Peak memory on CPU is the peak resident set size (Linux's VmHWM) above the RSS just before the
   weights are loaded: weights, activations, gradients, optimiser state and workspaces, not the
   libraries (importing timm alone adds ~200 MB). On CUDA it is `max_memory_allocated`. Each row is measured in
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import ViTConfig, VisionTransformer, get_config
+from .models import ModelConfig, ResNetConfig, ViTConfig, build_model, get_config
 from .precision import DTYPES, Precision, autocast
 
 Mode = Literal["infer", "train"]
@@ -68,8 +69,26 @@ def forward_flops(cfg: ViTConfig) -> int:
     return patch + cfg.depth * (attention + mlp) + head
 
 
-def step_flops(cfg: ViTConfig, mode: Mode) -> int:
+def counted_flops(cfg: ModelConfig, mode: Mode) -> int:
+    """FLOPs of one image's inference or training step (forward and backward, the images needing no
+    gradient), as torch.utils.flop_counter counts them on the meta device: no memory, no compute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model, x = build_model(cfg).train(mode == "train"), torch.zeros(1, cfg.in_chans, *cfg.img_size)
+    with FlopCounterMode(display=False) as counter:
+        if mode == "train":
+            model(x).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    return counter.get_total_flops()
+
+
+def step_flops(cfg: ModelConfig, mode: Mode) -> int:
     """FLOPs of one image's inference, or of its training step: 3× the forward less the images' gradient."""
+    if cfg.family != "vit":
+        return counted_flops(cfg, mode)
     forward = forward_flops(cfg)
     if mode == "infer":
         return forward
@@ -156,24 +175,48 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 # ---- the models ----------------------------------------------------------------------------------
-def bench_model(model_name: str, img_size: int | None = None, seed: int = 0) -> VisionTransformer:
+def bench_model(model_name: str, img_size: int | None = None, seed: int = 0) -> nn.Module:
     """`model_name` with seeded random weights; the head, zero at init, gets random weights too, so
     that logits differ between images and comparisons of outputs mean something."""
     torch.manual_seed(seed)
-    model = VisionTransformer(get_config(model_name, **({"img_size": img_size} if img_size else {})))
-    if isinstance(model.head, nn.Linear):
-        nn.init.normal_(model.head.weight, std=model.config.num_features**-0.5)
+    model = build_model(get_config(model_name, **({"img_size": img_size} if img_size else {})))
+    head = getattr(model.head, "fc", model.head)  # a ResNet's head is a 1x1 conv, head.fc
+    if isinstance(head, (nn.Linear, nn.Conv2d)):
+        nn.init.normal_(head.weight, std=model.config.num_features**-0.5)
     return model
+
+
+def _timm_resnet(cfg: ResNetConfig) -> nn.Module:
+    """timm's ResNetV2 of `cfg`'s architecture, built as timm builds its resnetv2_*_bit models."""
+    from timm.layers import GroupNormAct, StdConv2d
+    from timm.models.resnetv2 import ResNetV2
+
+    return ResNetV2(
+        layers=list(cfg.layers), channels=cfg.channels[: len(cfg.layers)], num_classes=cfg.num_classes,
+        in_chans=cfg.in_chans, width_factor=cfg.width_factor, stem_chs=cfg.stem_chs, stem_type="fixed",
+        conv_layer=partial(StdConv2d, eps=1e-8), norm_layer=partial(GroupNormAct, num_groups=cfg.norm_groups),
+        drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path,
+    )  # fmt: skip
+
+
+def timm_architecture(cfg: ModelConfig) -> nn.Module:
+    """timm's model of `cfg`'s architecture: a VisionTransformer or a ResNetV2."""
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise ValueError("--compare timm needs timm: pip install timm") from None
+    return _timm_resnet(cfg) if isinstance(cfg, ResNetConfig) else _timm_vit(cfg)
 
 
 def _timm_vit(cfg: ViTConfig) -> nn.Module:
     """timm's VisionTransformer of `cfg`'s architecture, its weights left uninitialised."""
-    try:
-        from timm.models.vision_transformer import VisionTransformer as TimmViT
-    except ImportError:
-        raise ValueError("--compare timm needs timm: pip install timm") from None
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
     if cfg.is_hybrid or cfg.representation_size:
-        raise ValueError(f"--compare timm covers plain ViTs without a pre-logits layer; {cfg.name} is not one")
+        what = "a hybrid" if cfg.is_hybrid else "a ViT with a pre-logits layer"
+        raise ValueError(
+            f"--compare timm covers ResNets and plain ViTs without a pre-logits layer; {cfg.name} is {what}"
+        )
     return TimmViT(
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
         global_pool="token" if cfg.pool == "token" else "avg", fc_norm=False,  # vitkit's gap pools after the norm
@@ -184,17 +227,17 @@ def _timm_vit(cfg: ViTConfig) -> nn.Module:
     )  # fmt: skip
 
 
-def timm_twin(model: VisionTransformer) -> nn.Module:
-    """timm's VisionTransformer of the same architecture, holding `model`'s weights (same device/dtype)."""
+def timm_twin(model: nn.Module) -> nn.Module:
+    """timm's model of the same architecture, holding `model`'s weights (same device/dtype)."""
     p = next(model.parameters())
     with torch.device("meta"):
-        twin = _timm_vit(model.config)
+        twin = timm_architecture(model.config)
     twin.load_state_dict(model.state_dict(), assign=True)
     return twin.to(device=p.device, dtype=p.dtype).train(model.training)
 
 
 def check_agreement(
-    model: VisionTransformer, precision: Precision, mode: Mode, device: torch.device, batch_size: int = 4
+    model: nn.Module, precision: Precision, mode: Mode, device: torch.device, batch_size: int = 4
 ) -> float:
     """Run `model` and its timm twin as the benchmark runs them (low-precision weights for inference,
     fp32 weights under autocast for training) on the same images; compare tokens after the final norm
@@ -208,7 +251,7 @@ def check_agreement(
     def outputs(net: nn.Module, prec: Precision) -> list[torch.Tensor]:
         with torch.inference_mode(), autocast(device, prec if mode == "train" else "fp32"):
             dtype = DTYPES[prec] if mode == "infer" and prec != "fp32" else torch.float32
-            tokens = net.forward_features(x.to(dtype))  # (B, T, D) after the final norm
+            tokens = net.forward_features(x.to(dtype))  # after the final norm: (B, T, D) tokens or a (B, C, h, w) map
             return [tokens.float(), net.forward_head(tokens).float()]
 
     reference = outputs(model, "fp32") if precision != "fp32" else None
@@ -264,7 +307,7 @@ def _skeleton(spec: RowSpec) -> nn.Module | None:
         return None
     cfg = get_config(spec.model_name, **({"img_size": spec.img_size} if spec.img_size else {}))
     with torch.device("meta"):
-        return VisionTransformer(cfg) if spec.library == "vitkit" else _timm_vit(cfg)
+        return build_model(cfg) if spec.library == "vitkit" else timm_architecture(cfg)
 
 
 def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Callable[[], None]:
@@ -495,7 +538,7 @@ def _run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """The `vitkit bench` subcommand."""
     p = sub.add_parser("bench", help="throughput, latency, memory and FLOP utilisation, optionally against timm")
-    p.add_argument("--model", required=True, help="registered model name or paper alias (plain ViTs)")
+    p.add_argument("--model", required=True, help="registered model name or paper alias (ViTs and ResNets)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")

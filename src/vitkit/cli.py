@@ -125,7 +125,7 @@ def _eval(args: argparse.Namespace) -> int:
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"the checkpoint has {model.config.num_classes} classes, {data.name} has {len(data.classes)}")
     device = next(model.parameters()).device
-    loader = eval_loader(dataset, model.config, data.channels, args.batch_size, args.workers)
+    loader = eval_loader(dataset, model.config.data_config, data.channels, args.batch_size, args.workers)
     ev = evaluate(model, loader, len(data.classes), device, args.precision)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)

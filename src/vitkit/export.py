@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .checkpoints.io import atomic_write
-from .models import ViTConfig, VisionTransformer
+from .data.preprocessing import DataConfig
 from .models.config import to_2tuple
 
 INPUT_NAME, OUTPUT_NAME = "images", "output"
@@ -34,7 +35,7 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def sample_images(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+def sample_images(cfg: DataConfig, img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """scikit-image's astronaut, chelsea and coffee photographs, resized to the model's input and
     normalised with its mean/std: -> (3, C, H, W) float32. One-channel models get the grey level."""
     try:
@@ -54,7 +55,7 @@ def sample_images(cfg: ViTConfig, img_size: int | tuple[int, int] | None = None)
     return (x - mean) / std
 
 
-def _torch_export(model: VisionTransformer, example: torch.Tensor, path: str, opset: int) -> None:
+def _torch_export(model: nn.Module, example: torch.Tensor, path: str, opset: int) -> None:
     with warnings.catch_warnings():
         # The exporter warns that it is the legacy one, and that the input-size checks become constants
         # in the trace: both expected, since the image size is fixed at export.
@@ -69,7 +70,7 @@ def _torch_export(model: VisionTransformer, example: torch.Tensor, path: str, op
 
 
 def export_onnx(
-    model: VisionTransformer,
+    model: nn.Module,
     path: str | os.PathLike,
     img_size: int | tuple[int, int] | None = None,
     opset: int = 17,
@@ -88,7 +89,7 @@ def export_onnx(
     size = to_2tuple(img_size) if img_size is not None else cfg.img_size
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("export_onnx exports fp32 models; call model.float() first")
-    images = (check_images if check_images is not None else sample_images(cfg, size)).float().cpu()
+    images = (check_images if check_images is not None else sample_images(cfg.data_config, size)).float().cpu()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

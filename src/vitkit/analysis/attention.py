@@ -6,8 +6,17 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+from torch import nn
 
 from ..models.vit import VisionTransformer
+
+
+def require_attention(model: nn.Module, analysis: str) -> None:
+    """A one-line ValueError when `model` has no attention (a ResNet), naming the analysis."""
+    if not hasattr(model, "attention_maps"):
+        cfg = model.config
+        name = cfg.name or "the model"
+        raise ValueError(f"{analysis} needs attention maps; {name} is a {cfg.family} model without any")
 
 
 def token_grid(model: VisionTransformer, images: torch.Tensor) -> tuple[int, int]:

@@ -10,17 +10,17 @@ import json
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Subset
 
 from ..checkpoints.load import load
 from ..data import DataSource, load_data
 from ..evaluate.classify import eval_loader
 from ..evaluate.fewshot import DEFAULT_L2, extract_features, fewshot, linear_probe
-from ..models.vit import VisionTransformer
 from .report import analyze
 
 
-def _load_model(path: str, device: str | None) -> VisionTransformer:
+def _load_model(path: str, device: str | None) -> nn.Module:
     model = load(path)
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
@@ -46,11 +46,15 @@ def _analyze(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.data_root)
     split = data.split(args.split)
     subset = Subset(split, range(min(args.images, len(split))))
-    loader = eval_loader(subset, model.config, data.channels, args.batch_size, args.workers)
+    loader = eval_loader(subset, model.config.data_config, data.channels, args.batch_size, args.workers)
     images = torch.cat([x for x, _ in loader])
     report = analyze(model, images, args.out, rollout_images=args.rollout_images)
     if args.json:
         print(json.dumps(report))
+        return 0
+    if "attention_distance" not in report:
+        print(f"{report['family']} model: the filters only (no attention, no position embeddings); "
+              f"filters.png and analysis.json in {args.out}")
         return 0
     pos, dist = report["pos_embed_similarity"], report["attention_distance"]
     print(f"position embeddings: neighbours {pos['neighbour']:.3f} vs far {pos['far']:.3f}; "
@@ -73,10 +77,10 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _features(
-    model: VisionTransformer, data: DataSource, split: str, args: argparse.Namespace
+    model: nn.Module, data: DataSource, split: str, args: argparse.Namespace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen features (N, F) and labels (N,) of one split."""
-    loader = eval_loader(data.split(split), model.config, data.channels, args.batch_size, args.workers)
+    loader = eval_loader(data.split(split), model.config.data_config, data.channels, args.batch_size, args.workers)
     return extract_features(model, loader)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..models.vit import VisionTransformer
-from .attention import batched_attention_maps, token_grid
+from .attention import batched_attention_maps, require_attention, token_grid
 
 
 def patch_distances(grid: tuple[int, int], stride: int) -> torch.Tensor:
@@ -34,6 +34,7 @@ def attention_distance(attn: torch.Tensor, grid: tuple[int, int], stride: int, n
 
 def mean_attention_distance(model: VisionTransformer, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """images: (B, C, H, W), as the model takes them -> (layers, heads), in pixels, averaged over images."""
+    require_attention(model, "the mean attention distance")
     cfg = model.config
     grid = token_grid(model, images)
     total = torch.zeros(cfg.depth, cfg.num_heads, dtype=torch.float64)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.vit import VisionTransformer
+from torch import nn
 
 
 @dataclass
@@ -19,23 +19,24 @@ class EmbeddingFilters:
     source: str
 
 
-def first_layer_filters(model: VisionTransformer) -> tuple[torch.Tensor, str]:
+# The convolution that sees pixels, by family.
+FIRST_CONV = {"vit": "patch_embed.proj", "hybrid": "patch_embed.backbone.stem.conv", "resnet": "stem.conv"}
+
+
+def first_layer_filters(model: nn.Module) -> tuple[torch.Tensor, str]:
     """The convolution that sees pixels: (filters, C, k, k) and its name.
 
     For a pure ViT that is E, the P×P patch projection. A hybrid's projection acts on ResNet features, not
-    pixels, so its filters are the backbone's first convolution (the 7×7 stem), weight-standardised as
-    the forward pass uses them.
+    pixels, so its filters, like a ResNet's, are those of the 7×7 stem, weight-standardised as the
+    forward pass uses them.
     """
-    embed = model.patch_embed
-    if not model.config.is_hybrid:
-        return embed.proj.weight.detach(), "patch_embed.proj"
-    w = embed.backbone.stem.conv.weight.detach()
-    mean = w.mean(dim=(1, 2, 3), keepdim=True)
-    var = w.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
-    return (w - mean) / torch.sqrt(var + embed.backbone.stem.conv.eps), "patch_embed.backbone.stem.conv"
+    source = FIRST_CONV[model.config.family]
+    conv = model.get_submodule(source)
+    w = conv.standardized_weight() if hasattr(conv, "standardized_weight") else conv.weight
+    return w.detach(), source
 
 
-def embedding_filters(model: VisionTransformer, n: int = 28) -> EmbeddingFilters:
+def embedding_filters(model: nn.Module, n: int = 28) -> EmbeddingFilters:
     """The first `n` principal components (fewer if the filters span fewer) of the filters as images.
 
     Each filter, flattened to C·k·k values, is one observation; signs are fixed so that each component's

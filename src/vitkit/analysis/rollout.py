@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from ..models.vit import VisionTransformer
-from .attention import batched_attention_maps, token_grid
+from .attention import batched_attention_maps, require_attention, token_grid
 
 
 def output_row(matrix: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
@@ -36,6 +36,7 @@ def rollout(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def attention_rollout(model: VisionTransformer, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """images: (B, C, H, W) -> (B, gh, gw) rollout maps; each sums to at most one over the patches."""
+    require_attention(model, "attention rollout")
     grid, p = token_grid(model, images), model.config.num_prefix_tokens
     out = [output_row(rollout(maps), grid, p) for maps in batched_attention_maps(model, images, batch_size)]
     return torch.cat(out).float().cpu()
@@ -43,6 +44,7 @@ def attention_rollout(model: VisionTransformer, images: torch.Tensor, batch_size
 
 def last_layer_attention(model: VisionTransformer, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """images: (B, C, H, W) -> (B, heads, gh, gw): the last layer's raw attention of the output query."""
+    require_attention(model, "the last layer's attention")
     grid, p = token_grid(model, images), model.config.num_prefix_tokens
     out = [output_row(maps[-1], grid, p) for maps in batched_attention_maps(model, images, batch_size)]
     return torch.cat(out).cpu()

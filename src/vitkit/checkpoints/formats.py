@@ -19,22 +19,24 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from ..models import ViTConfig
+from ..models import ModelConfig
 from .io import FORMAT_TAG, CheckpointError, META_CONFIG, META_FORMAT, read_vitkit_file
 
-Format = Literal["vitkit", "timm", "google", "huggingface", "torchvision"]
+Format = Literal["vitkit", "timm", "google", "bit", "huggingface", "torchvision"]
 
 SUPPORTED = (
-    "supported: vitkit .safetensors; timm state dicts (.pth/.bin/.safetensors); official Google .npz; "
-    "Hugging Face ViT directories (config.json + weights); torchvision vit_* state dicts"
+    "supported: vitkit .safetensors; timm state dicts (.pth/.bin/.safetensors) of ViTs and resnetv2_*_bit; "
+    "official Google ViT .npz and BiT .npz; Hugging Face ViT directories (config.json + weights); "
+    "torchvision vit_* state dicts"
 )
 
 # A format is recognised by one of its characteristic keys (checked in this order).
 SIGNATURES: list[tuple[Format, str]] = [
+    ("bit", r"(^|/)resnet/root_block/standardized_conv2d/kernel$"),  # google-research/big_transfer
     ("google", r"(^|/)(Transformer/encoderblock_0/|embedding/kernel$|conv_root/kernel$)"),
     ("torchvision", r"^encoder\.layers\.encoder_layer_\d+\.|^conv_proj\.weight$"),
     ("huggingface", r"(^|\.)embeddings\.patch_embeddings\.projection\.weight$"),
-    ("timm", r"^(module\.)?(blocks\.\d+\.attn\.qkv\.weight$|patch_embed\.(proj|backbone)\.)"),
+    ("timm", r"^(module\.)?(blocks\.\d+\.attn\.qkv\.weight$|patch_embed\.(proj|backbone)\.|stages\.\d+\.blocks\.)"),
 ]
 # Wrappers that training scripts put around a state dict.
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
@@ -48,7 +50,7 @@ class RawCheckpoint:
     path: str
     format: Format
     state: dict[str, Any]  # torch.Tensor, or np.ndarray for .npz
-    config: ViTConfig | None = None  # when the file carries one
+    config: ModelConfig | None = None  # when the file carries one
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,7 +59,7 @@ def detect_format(keys: list[str], path: str) -> Format:
         if any(re.search(pattern, k) for k in keys):
             return fmt
     sample = ", ".join(keys[:4])
-    raise CheckpointError(f"{path}: no ViT weights recognised (keys: {sample}...); {SUPPORTED}")
+    raise CheckpointError(f"{path}: no weights of a supported model recognised (keys: {sample}...); {SUPPORTED}")
 
 
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
@@ -96,9 +98,9 @@ def _read_zip(path: Path) -> RawCheckpoint:
         except (zipfile.BadZipFile, EOFError, OSError) as e:
             raise CheckpointError(f"{path}: truncated or corrupted .npz ({e})") from None
         fmt = detect_format(list(arrays), str(path))
-        if fmt != "google":
-            raise CheckpointError(f"{path}: .npz without the official ViT keys; {SUPPORTED}")
-        return RawCheckpoint(str(path), "google", arrays)
+        if fmt not in ("google", "bit"):
+            raise CheckpointError(f"{path}: .npz without the official ViT or BiT keys; {SUPPORTED}")
+        return RawCheckpoint(str(path), fmt, arrays)
     if any(n.endswith("data.pkl") for n in names):
         return _from_state(path, _torch_load(path))
     raise CheckpointError(f"{path}: a zip archive that is neither .npz nor a torch file; {SUPPORTED}")

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..models import VisionTransformer
+from torch import nn
+
 from ..models.registry import default_hub_id, resolve_name
 from .load import LoadReport, load_checkpoint
 
@@ -57,7 +58,7 @@ def preprocessing_from(directory: Path) -> dict[str, Any]:
 
 
 def load_pretrained(
-    model: VisionTransformer, source: str, local_files_only: bool = False, pos_method: str | None = None
+    model: nn.Module, source: str, local_files_only: bool = False, pos_method: str | None = None
 ) -> LoadReport:
     """Load weights from `source` into `model` and record the preprocessing they expect in its config."""
     path = resolve_source(source, local_files_only)

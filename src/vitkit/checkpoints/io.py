@@ -14,8 +14,9 @@ from typing import Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from ..models import ViTConfig, VisionTransformer
+from ..models import ModelConfig, config_from_dict
 
 FORMAT_TAG = "vitkit"
 META_FORMAT, META_CONFIG, META_VERSION, META_DIGEST = "format", "vitkit_config", "vitkit_version", "vitkit_sha256"
@@ -57,7 +58,7 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def save(
-    model: VisionTransformer,
+    model: nn.Module,
     path: str | os.PathLike,
     metadata: Mapping[str, str] | None = None,
     state: Mapping[str, torch.Tensor] | None = None,
@@ -80,14 +81,16 @@ def save(
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
-def read_vitkit_file(path: str | os.PathLike, metadata: Mapping[str, str]) -> tuple[dict[str, torch.Tensor], ViTConfig]:
+def read_vitkit_file(
+    path: str | os.PathLike, metadata: Mapping[str, str]
+) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """The tensors and config of a vitkit file whose header `metadata` was already read; the digest is checked."""
     state = load_file(str(path))
     expected = metadata.get(META_DIGEST)
     if expected and state_digest(state) != expected:
         raise CheckpointError(f"{path}: checksum mismatch, the file is corrupted")
     try:
-        config = ViTConfig.from_dict(json.loads(metadata[META_CONFIG]))
+        config = config_from_dict(json.loads(metadata[META_CONFIG]))
     except (KeyError, json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{path}: the embedded vitkit config is unreadable ({e})") from None
     return state, config

@@ -17,8 +17,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..models import ViTConfig, VisionTransformer, get_config, resample_pos_embed
+from ..models import ModelConfig, ViTConfig, build_model, get_config, resample_pos_embed
 from ..models.posembed import ResampleMethod
 from .formats import CheckpointError, Format, RawCheckpoint, read_checkpoint
 from .io import save
@@ -28,9 +29,11 @@ from .io import save
 # The convention each source's own code uses when the grid changes (PAPER.md, section 3.2).
 DEFAULT_RESAMPLE: dict[Format, ResampleMethod] = {
     "vitkit": "bicubic", "timm": "bicubic", "huggingface": "bicubic", "torchvision": "bicubic", "google": "official",
+    "bit": "bicubic",  # ResNets have no position embeddings
 }  # fmt: skip
-# First convolutions whose input channels can be adapted (a pure ViT's patch embedding, a hybrid's stem).
-_INPUT_CONVS = ("patch_embed.proj.weight", "patch_embed.backbone.stem.conv.weight")
+# First convolutions whose input channels can be adapted (a pure ViT's patch embedding, a hybrid's stem,
+# a ResNet's stem).
+_INPUT_CONVS = ("patch_embed.proj.weight", "patch_embed.backbone.stem.conv.weight", "stem.conv.weight")
 
 
 @dataclass
@@ -65,7 +68,7 @@ def _source_grid(raw: RawCheckpoint, num_patches: int) -> tuple[int, int] | None
 
 
 def apply_state(
-    model: VisionTransformer,
+    model: nn.Module,
     state: Mapping[str, torch.Tensor],
     raw: RawCheckpoint,
     pos_method: ResampleMethod | None = None,
@@ -116,7 +119,7 @@ def apply_state(
     return report
 
 
-def _convert(raw: RawCheckpoint, cfg: ViTConfig) -> dict[str, torch.Tensor]:
+def _convert(raw: RawCheckpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     if raw.format == "vitkit":
         return dict(raw.state)
     state = importlib.import_module(f".{raw.format}", __package__).convert(raw.state, cfg)
@@ -124,7 +127,7 @@ def _convert(raw: RawCheckpoint, cfg: ViTConfig) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(
-    model: VisionTransformer, path: str | os.PathLike, pos_method: ResampleMethod | None = None
+    model: nn.Module, path: str | os.PathLike, pos_method: ResampleMethod | None = None
 ) -> LoadReport:
     """Load a checkpoint of any supported format into `model`; returns what was done.
 
@@ -134,8 +137,11 @@ def load_checkpoint(
     return apply_state(model, _convert(raw, model.config), raw, pos_method)
 
 
-def checkpoint_config(state: Mapping[str, torch.Tensor], base: ViTConfig) -> ViTConfig:
-    """`base` with the depth, class count, representation layer and resolution that the weights imply."""
+def checkpoint_config(state: Mapping[str, torch.Tensor], base: ModelConfig) -> ModelConfig:
+    """`base` with the depth, class count, representation layer and resolution that the weights imply
+    (for a ResNet, the class count)."""
+    if not isinstance(base, ViTConfig):
+        return base.replace(num_classes=state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 0)
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
     overrides: dict[str, Any] = {
         "depth": max(blocks) + 1 if blocks else base.depth,
@@ -151,7 +157,7 @@ def checkpoint_config(state: Mapping[str, torch.Tensor], base: ViTConfig) -> ViT
 
 def _build(
     path: str | os.PathLike, name: str | None, overrides: Mapping[str, Any], pos_method: ResampleMethod | None = None
-) -> tuple[VisionTransformer, LoadReport]:
+) -> tuple[nn.Module, LoadReport]:
     raw = read_checkpoint(path)
     if raw.config is None and name is None:
         raise CheckpointError(
@@ -161,11 +167,11 @@ def _build(
     base = get_config(name) if name else raw.config
     state = _convert(raw, base)
     cfg = raw.config if raw.config is not None and not name else checkpoint_config(state, base)
-    model = VisionTransformer(cfg.replace(**overrides) if overrides else cfg)
+    model = build_model(cfg.replace(**overrides) if overrides else cfg)
     return model, apply_state(model, state, raw, pos_method)
 
 
-def load(path: str | os.PathLike, name: str | None = None, **overrides: Any) -> VisionTransformer:
+def load(path: str | os.PathLike, name: str | None = None, **overrides: Any) -> nn.Module:
     """Rebuild a model from a checkpoint. Files that carry a config (vitkit, Hugging Face) need nothing
     else; for the others give the registered `name`: the class count, representation layer and
     resolution follow the weights. `overrides` change the config (e.g. num_classes, img_size), and the

@@ -28,9 +28,9 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..models import ViTConfig
 from .datasets import TensorImages
 from .loader import mix_seed, seeded
+from .preprocessing import DataConfig
 from .transforms import match_channels, normalize
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -91,7 +91,7 @@ class CropResizeFlip:
     Each image's crop is resized to cfg.img_size and flipped by Y = A_y X A_xᵀ (see the module's doc);
     then the channels are matched to the model's and the batch is normalised."""
 
-    def __init__(self, cfg: ViTConfig, data_channels: int) -> None:
+    def __init__(self, cfg: DataConfig, data_channels: int) -> None:
         self.size, self.interpolation = cfg.img_size, cfg.interpolation
         self.finish = v2.Compose(match_channels(data_channels, cfg.in_chans) + [normalize(cfg)])
 
@@ -110,7 +110,7 @@ class CropResizeFlip:
 
 
 def batched_training_data(
-    dataset: Dataset, cfg: ViTConfig, data_channels: int, crop_scale: tuple[float, float], hflip: bool, seed: int
+    dataset: Dataset, cfg: DataConfig, data_channels: int, crop_scale: tuple[float, float], hflip: bool, seed: int
 ) -> tuple[SeededCrops, Callable[[list[Any]], Batch]] | None:
     """(dataset, collate) of the batched path for an inception crop and flip, or None where `dataset` is
     not in memory."""

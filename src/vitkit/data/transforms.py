@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-from ..models import ViTConfig
+from .preprocessing import DataConfig
 
 
 def per_channel(values: Sequence[float], channels: int) -> list[float]:
@@ -31,17 +31,17 @@ def match_channels(data_channels: int, model_channels: int) -> list[v2.Transform
     raise ValueError(f"cannot feed {data_channels}-channel images to a model with in_chans={model_channels}")
 
 
-def normalize(cfg: ViTConfig) -> v2.Normalize:
+def normalize(cfg: DataConfig) -> v2.Normalize:
     """(x - mean) / std per channel, as the weights expect (x in [0, 1])."""
     return v2.Normalize(per_channel(cfg.mean, cfg.in_chans), per_channel(cfg.std, cfg.in_chans))
 
 
-def _finish(cfg: ViTConfig, data_channels: int) -> list[v2.Transform]:
+def _finish(cfg: DataConfig, data_channels: int) -> list[v2.Transform]:
     return match_channels(data_channels, cfg.in_chans) + [v2.ToDtype(torch.float32, scale=True), normalize(cfg)]
 
 
 def train_transform(
-    cfg: ViTConfig,
+    cfg: DataConfig,
     data_channels: int,
     crop_scale: tuple[float, float] = (0.05, 1.0),
     hflip: bool = True,
@@ -71,7 +71,7 @@ def train_transform(
     return v2.Compose(ops)
 
 
-def eval_transform(cfg: ViTConfig, data_channels: int) -> v2.Compose:
+def eval_transform(cfg: DataConfig, data_channels: int) -> v2.Compose:
     """Resize to img_size / crop_pct, centre crop to img_size, normalise."""
     H, W = cfg.img_size
     resize = (round(H / cfg.crop_pct), round(W / cfg.crop_pct))

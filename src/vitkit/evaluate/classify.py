@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import Transformed, eval_transform
 from ..data.batched import TransformBatch, in_memory
-from ..models import ViTConfig
+from ..data.preprocessing import DataConfig
 from ..precision import Precision, autocast
 
 
@@ -43,7 +43,7 @@ class Evaluation:
 
 
 def eval_loader(
-    dataset: Dataset, cfg: ViTConfig, data_channels: int, batch_size: int = 256, workers: int = 0
+    dataset: Dataset, cfg: DataConfig, data_channels: int, batch_size: int = 256, workers: int = 0
 ) -> DataLoader:
     """Batches of (images (B, C, H, W) as the model expects them, labels (B,)) in dataset order; images
     held in memory are transformed a whole batch at a time."""

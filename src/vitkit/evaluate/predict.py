@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
 from ..data import eval_transform
 from ..data.images import ImageDecodeError, open_image
-from ..models import VisionTransformer
 
 CLASSES_KEY = "classes"  # checkpoint metadata: a JSON list of class names, index = class id
 
@@ -48,7 +48,7 @@ class Prediction:
 
 @torch.no_grad()
 def predict_files(
-    model: VisionTransformer,
+    model: nn.Module,
     paths: list[str],
     classes: list[str] | None = None,
     topk: int = 5,
@@ -60,7 +60,7 @@ def predict_files(
     names = classes or [f"class_{i}" for i in range(cfg.num_classes)]
     if len(names) != cfg.num_classes:
         raise ValueError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
-    transform = eval_transform(cfg, data_channels=3)
+    transform = eval_transform(cfg.data_config, data_channels=3)
     device = next(model.parameters()).device
     model.eval()
     results, batch = [], []

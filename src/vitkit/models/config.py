@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from ..data.preprocessing import HasDataConfig
+
 Pool = Literal["token", "gap"]
 
 # Limits that keep a config read from an untrusted file from allocating absurd amounts of memory.
@@ -32,7 +34,7 @@ def to_2tuple(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(HasDataConfig):
     """Hyper-parameters of the paper's Table 1 plus the options of section 3 and appendix D.
 
     `backbone_layers` makes the model a hybrid (section 3.1): ``None`` is a pure ViT, ``()`` a
@@ -103,6 +105,10 @@ class ViTConfig:
     def num_features(self) -> int:
         """Width of the pooled representation that the head reads."""
         return self.representation_size or self.embed_dim
+
+    @property
+    def family(self) -> str:
+        return "hybrid" if self.is_hybrid else "vit"
 
     # ---- checks and (de)serialisation ---------------------------------------------------
     def validate(self) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from .build import ModelConfig
 from .config import ViTConfig
+from .resnet_config import ResNetConfig
+from .resnet_registry import RESNET_ALIASES, RESNET_MODELS, RESNET_PRETRAINED_TAGS
 
 # Table 1 of the paper: layers, width D, MLP size, heads.
 WIDTHS: dict[str, dict[str, int]] = {
@@ -90,7 +93,7 @@ def default_hub_id(name: str) -> str:
     """The Hub repository of `name`'s published weights: timm's tag when `name` carries one
     ('vit_base_patch16_224.augreg_in21k'), else the default, e.g. timm/vit_base_patch16_224.augreg2_in21k_ft_in1k."""
     registry_name = resolve_name(name)
-    tag = name.partition(".")[2] or PRETRAINED_TAGS.get(registry_name)
+    tag = name.partition(".")[2] or {**PRETRAINED_TAGS, **RESNET_PRETRAINED_TAGS}.get(registry_name)
     if not tag:
         raise ValueError(f"no published weights are known for {name!r}; pass a path or a Hub id")
     return f"timm/{registry_name}.{tag}"
@@ -136,23 +139,26 @@ ALIASES: dict[str, str] = {
 
 
 def list_models(include_aliases: bool = False) -> list[str]:
-    """All registered model names (timm style); with include_aliases, the paper's names too."""
-    return sorted(MODELS) + (sorted(ALIASES) if include_aliases else [])
+    """All registered model names (timm style), every family; with include_aliases, the papers' names too."""
+    return sorted([*MODELS, *RESNET_MODELS]) + (sorted([*ALIASES, *RESNET_ALIASES]) if include_aliases else [])
 
 
 def resolve_name(name: str) -> str:
     """A timm-style name or a paper alias -> the registry name; a one-line error with suggestions."""
     base = name.split(".", 1)[0]  # timm's 'name.pretrained_tag'
-    base = ALIASES.get(base, base)
-    if base not in MODELS:
-        close = difflib.get_close_matches(name, list(MODELS) + list(ALIASES), n=3, cutoff=0.6)
+    base = ALIASES.get(base, RESNET_ALIASES.get(base, base))
+    if base not in MODELS and base not in RESNET_MODELS:
+        close = difflib.get_close_matches(name, list_models(include_aliases=True), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see vitkit.list_models()"
         raise ValueError(f"unknown model {name!r}{hint}")
     return base
 
 
-def get_config(name: str, **overrides: Any) -> ViTConfig:
-    """The ViTConfig registered under `name` (or its alias), with `overrides` applied."""
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config registered under `name` (or its alias), with `overrides` applied: a ViTConfig, or a
+    ResNetConfig for the BiT ResNets."""
     registry_name = resolve_name(name)
+    if registry_name in RESNET_MODELS:
+        return ResNetConfig.from_dict({**RESNET_MODELS[registry_name], "name": registry_name, **overrides})
     fields = {**MODELS[registry_name], "name": registry_name}
     return ViTConfig.from_dict({**fields, **overrides})

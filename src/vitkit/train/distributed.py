@@ -82,9 +82,11 @@ def stop(procs: Processes) -> None:
 
 
 def shard(model: nn.Module) -> None:
-    """FSDP, in place: each encoder block's parameters are one unit, the embedding, final norm and head
-    another; each process keeps 1/K of every unit (and of its gradients and optimiser state)."""
-    for block in model.blocks:  # type: ignore[attr-defined]
+    """FSDP, in place: each encoder block's (a ResNet's: each bottleneck's) parameters are one unit, the
+    embedding, final norm and head another; each process keeps 1/K of every unit (and of its gradients
+    and optimiser state)."""
+    blocks = model.blocks if hasattr(model, "blocks") else [b for stage in model.stages for b in stage.blocks]
+    for block in blocks:
         fully_shard(block)
     fully_shard(model)
 

@@ -39,10 +39,11 @@ from ..data import (
     train_transform,
 )  # fmt: skip
 from ..data.batched import batched_training_data
+from ..data.preprocessing import DataConfig
 from ..data.subsets import split_subset
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
-from ..models import VisionTransformer, get_config
+from ..models import get_config
 from ..precision import autocast
 from . import distributed
 from .config import TrainConfig, with_defaults
@@ -147,17 +148,21 @@ def _splits(cfg: TrainConfig, data: DataSource) -> tuple[torch.utils.data.Datase
     return _limit(train, cfg.limit_train), _limit(evaluated, cfg.limit_eval)
 
 
-def _build_model(cfg: TrainConfig, data: DataSource) -> VisionTransformer:
+def _build_model(cfg: TrainConfig, data: DataSource) -> nn.Module:
     recipe = cfg.recipe
     base = get_config(cfg.model)
     in_chans = cfg.in_chans or base.in_chans
     overrides: dict[str, Any] = dict(
         num_classes=len(data.classes), in_chans=in_chans, dropout=recipe.dropout, drop_path=recipe.drop_path,
-        patch_drop=recipe.patch_drop,
         mean=tuple(per_channel(base.mean, in_chans)), std=tuple(per_channel(base.std, in_chans)),
     )  # fmt: skip
-    if cfg.patch_size:
-        overrides["patch_size"] = cfg.patch_size
+    if base.family == "resnet":
+        if recipe.patch_drop or cfg.patch_size:
+            warnings.warn(f"{cfg.model} has no patches: patch_drop and patch_size are ignored", stacklevel=2)
+    else:
+        overrides["patch_drop"] = recipe.patch_drop
+        if cfg.patch_size:
+            overrides["patch_size"] = cfg.patch_size
     if recipe.img_size:
         overrides["img_size"] = recipe.img_size
     torch.manual_seed(cfg.seed)
@@ -174,18 +179,19 @@ def _workers(cfg: TrainConfig, procs: distributed.Processes, batched: bool = Fal
 
 
 def _training_data(
-    train_set: torch.utils.data.Dataset, mcfg: Any, data: DataSource, cfg: TrainConfig
+    train_set: torch.utils.data.Dataset, data_cfg: DataConfig, data: DataSource, cfg: TrainConfig
 ) -> tuple[torch.utils.data.Dataset, Any]:
     """(dataset, collate) of the training images: crops and flips of in-memory images on whole batches
     where the recipe asks for no more (vitkit.data.batched), else the per-image v2 transforms."""
     recipe = cfg.recipe
     hflip = recipe.hflip and data.hflip
     if recipe.randaugment is None and recipe.random_erasing == 0 and recipe.crop_padding is None:
-        batched = batched_training_data(train_set, mcfg, data.channels, recipe.crop_scale, hflip, cfg.seed)
+        batched = batched_training_data(train_set, data_cfg, data.channels, recipe.crop_scale, hflip, cfg.seed)
         if batched is not None:
             return batched
     transform = train_transform(
-        mcfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing, recipe.crop_padding
+        data_cfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing,
+        recipe.crop_padding,
     )
     return SeededTransform(train_set, transform, seed=cfg.seed), None
 
@@ -234,7 +240,7 @@ def train_step(
     return loss
 
 
-def _write_config(cfg: TrainConfig, model: VisionTransformer, data: DataSource, extra: dict[str, Any]) -> None:
+def _write_config(cfg: TrainConfig, model: nn.Module, data: DataSource, extra: dict[str, Any]) -> None:
     """config.yaml: the run, the recipe, the model's config and what was derived, all resolved."""
     doc = {
         "train": cfg.to_dict(),
@@ -280,7 +286,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
             report.notes.append("head re-initialised to zeros (the paper's fine-tuning head)")
         say(str(report))
     model.to(device)
-    mcfg = model.config
+    data_cfg = model.config.data_config
     if cfg.fsdp:
         distributed.shard(model)  # before the optimiser is built: it holds this process's shards
 
@@ -294,7 +300,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
 
     train_set, eval_set = _splits(cfg, data)
     eval_name = "held-out" if cfg.holdout else "test"
-    train_data, collate = _training_data(train_set, mcfg, data, cfg)
+    train_data, collate = _training_data(train_set, data_cfg, data, cfg)
     sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
     workers = _workers(cfg, procs, batched=collate is not None)
     loader = make_loader(train_data, micro, sampler, workers, drop_last=True, pin_memory=device.type == "cuda",
@@ -306,7 +312,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         raise ValueError("the run length is not set: give --steps or --epochs")
     total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
-    eval_images = eval_loader(eval_set, mcfg, data.channels, batch_size=256, workers=workers)
+    eval_images = eval_loader(eval_set, data_cfg, data.channels, batch_size=256, workers=workers)
 
     optimizer = build_optimizer(model, recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -353,7 +359,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     last_checkpoint = resumed.path if resumed is not None else None
     meta = {CLASSES_KEY: json.dumps(data.classes), "dataset": data.name}
 
-    def eval_model() -> VisionTransformer:
+    def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
 
     def save_weights(path: Path, metadata: dict[str, str]) -> None:
@@ -420,7 +426,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                 lr = recipe.lr * lr_factor(step, total_steps, recipe.warmup, recipe.decay)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if recipe.patch_drop:
+                if recipe.patch_drop and hasattr(model, "set_patch_drop"):
                     model.set_patch_drop(recipe.patch_drop if step < recipe.patch_drop_until * total_steps else 0.0)
                 # dropout, stochastic depth, Mixup: a stream apart from the images' (seed, epoch, index)
                 torch.manual_seed(mix_seed(cfg.seed, 1 << 32, step, procs.rank))

@@ -141,7 +141,7 @@ RECIPES: dict[str, Recipe] = {
     # the images/s), then all of them (+0.8% in the first epoch back); every patch for 50 epochs with
     # drop_path 0.05 reached 92.1%. Over 1.5-epoch probes, lr 2e-3 beat 1e-3 (80.5% vs 79.0%) and mean
     # pooling (79.1%), batch 64 at 1.4e-3 did a little better (81.4%), and the 85-100% crops beat
-    # shifts of up to 2 pixels (76.7% vs 73.8% after one epoch). README: what else was tried.
+    # shifts of up to 2 pixels (76.7% vs 73.8% after one epoch). docs/benchmarks.md: what else was tried.
     "fashion-cpu-long": Recipe(
         optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=80, warmup=0.05, decay="cosine",
         clip_grad=1.0, label_smoothing=0.1, patch_drop=0.5, patch_drop_until=0.8, crop_scale=(0.85, 1.0),

@@ -20,10 +20,10 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
+from torch import nn
 
 from ..checkpoints.io import CheckpointError, atomic_write, read_vitkit_file, save
 from ..evaluate.predict import checkpoint_metadata
-from ..models import VisionTransformer
 
 CHECKPOINT_DIR = "checkpoints"
 _PAIR = re.compile(r"step-(\d{8})\.safetensors")
@@ -70,7 +70,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_checkpoint(
-    out: str | os.PathLike, step: int, model: VisionTransformer, state: dict[str, Any],
+    out: str | os.PathLike, step: int, model: nn.Module, state: dict[str, Any],
     metadata: Mapping[str, str], keep: int = 2, weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:  # fmt: skip
     """Write the pair for `step`, then delete all but the newest `keep` pairs; returns the weights file.
