@@ -12,17 +12,18 @@ import yaml
 import vitkit
 import vitkit.study as study
 import vitkit.train.loop as loop
-from vitkit.bench import forward_flops as analytic_forward_flops
+from vitkit.bench import step_flops
 from vitkit.cli import main
 from vitkit.data.subsets import balanced_order, nested_subset, subset_indices
 from vitkit.evaluate.fewshot import representations
 
-# Three tiny runs on scikit-learn's digits (1,437 training images, 10 classes): 6 steps of 10 images each,
+# Four tiny runs on scikit-learn's digits (1,437 training images, 10 classes), a ViT and a ResNet at each size
+# and seed: 6 steps of 10 images each,
 # a quarter of each subset held out (10 of 40 images), two held-out evaluations and checkpoints a run.
-STUDY = dict(data="digits", sizes=[40, 80], models=["vit"], images_seen=60, seeds=[2, 1], holdout=0.25,
+STUDY = dict(data="digits", sizes=[40, 80], models=["vit", "resnet"], images_seen=60, seeds=1, holdout=0.25,
              recipe_overrides={"batch_size": 10}, workers=0, progress=False, evaluations=2)  # fmt: skip
-CLI = ["study", "data-scale", "--data", "digits", "--sizes", "40,80", "--models", "vit", "--images-seen", "60",
-       "--seeds", "2,1", "--holdout", "0.25", "--batch-size", "10", "--workers", "0", "--no-progress",
+CLI = ["study", "data-scale", "--data", "digits", "--sizes", "40,80", "--models", "vit,resnet", "--images-seen", "60",
+       "--seeds", "1", "--holdout", "0.25", "--batch-size", "10", "--workers", "0", "--no-progress",
        "--evaluations", "2"]  # fmt: skip
 RUN_KEYS = {"model", "family", "size", "seed", "top1", "fewshot_10", "train_flops", "run_dir"}
 
@@ -68,12 +69,7 @@ def test_the_held_out_part_is_class_balanced_disjoint_and_nested():
     assert set(held_a.tolist()) <= set(held_b.tolist()) and set(train_a.tolist()) <= set(train_b.tolist())
 
 
-# ---- FLOPs, families ----------------------------------------------------------------------------
-
-
-def test_counted_forward_flops_of_a_vit_equal_the_analytic_count():
-    model = vitkit.create_model("vit_fashion_patch4_28")
-    assert study.forward_flops(model) == analytic_forward_flops(model.config)
+# ---- features, families ----------------------------------------------------------------------------
 
 
 def test_one_pass_gives_the_models_logits_and_its_pre_logits_features():
@@ -89,7 +85,8 @@ def test_one_pass_gives_the_models_logits_and_its_pre_logits_features():
 def test_family_names_pick_the_datasets_default_model():
     assert study.resolve_models("digits", ["vit", "vit_tiny_r_s16_p8_224"]) == {
         "vit_test_patch4_16": "vit", "vit_tiny_r_s16_p8_224": "hybrid"}  # fmt: skip
-    assert study.resolve_models("fashion_mnist", ["vit"]) == {"vit_fashion_patch4_28": "vit"}
+    assert study.resolve_models("fashion_mnist", ["vit", "resnet"]) == {
+        "vit_fashion_patch4_28": "vit", "resnetv2_fashion_28": "resnet"}  # fmt: skip
 
 
 # ---- the study ----------------------------------------------------------------------------------
@@ -97,21 +94,29 @@ def test_family_names_pick_the_datasets_default_model():
 
 def test_a_study_writes_one_run_directory_per_model_size_and_seed_and_its_results(reference):
     out, result = reference
-    assert [(r["size"], r["seed"]) for r in result["runs"]] == [(40, 0), (40, 1), (80, 0)]
+    models = {"vit": "vit_test_patch4_16", "resnet": "resnetv2_test_16"}
+    assert [(r["size"], r["seed"], r["family"]) for r in result["runs"]] == [
+        (40, 0, "vit"), (40, 0, "resnet"), (80, 0, "vit"), (80, 0, "resnet")]  # fmt: skip
     for r in result["runs"]:
         run = Path(r["run_dir"])
-        assert run == out / "vit_test_patch4_16" / f"n{r['size']}" / f"seed{r['seed']}"
+        assert r["model"] == models[r["family"]] and run == out / r["model"] / f"n{r['size']}" / f"seed{r['seed']}"
         derived = yaml.safe_load((run / "config.yaml").read_text())["derived"]
         assert (derived["train_images"], derived["eval_images"], derived["eval_split"]) == (
             r["size"] * 3 // 4, r["size"] // 4, "held-out")  # fmt: skip
         assert (run / "best.safetensors").is_file()
         assert 0 <= r["top1"] <= 1 and 0 <= r["fewshot_10"] <= 1
-        assert r["train_flops"] == 3 * analytic_forward_flops(vitkit.get_config("vit_test_patch4_16")) * 60
+        assert r["train_flops"] == step_flops(vitkit.load(run / "best.safetensors").config, "train") * 60
     for name in ("study.json", "study.csv", "accuracy_vs_size.png", "accuracy_vs_flops.png"):
         assert (out / name).is_file()
-    assert len((out / "study.csv").read_text().splitlines()) == 1 + 3
-    [row40, row80] = result["summary"]
-    assert row40["seeds"] == 2 and row40["top1"] == pytest.approx((result["runs"][0]["top1"] + result["runs"][1]["top1"]) / 2)
+    assert len((out / "study.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_the_summary_is_the_mean_and_population_std_over_seeds():
+    runs = [{"model": "m", "family": "vit", "size": 10, "seed": s, "top1": t, "fewshot_10": f, "train_flops": 5}
+            for s, t, f in [(0, 0.5, 0.2), (1, 0.7, None), (2, 0.9, 0.4)]]  # fmt: skip
+    [row] = study.summarise(runs)
+    assert row["seeds"] == 3 and row["top1"] == pytest.approx(0.7) and row["top1_std"] == pytest.approx((0.08 / 3) ** 0.5)
+    assert row["fewshot_10"] == pytest.approx(0.3) and row["fewshot_10_std"] == pytest.approx(0.1)
 
 
 def test_an_interrupted_study_skips_finished_runs_resumes_the_cut_one_and_ends_with_the_same_result(
@@ -136,8 +141,9 @@ def test_an_interrupted_study_skips_finished_runs_resumes_the_cut_one_and_ends_w
     real_fit = study.fit
     monkeypatch.setattr(study, "fit", lambda cfg: configs.append(cfg) or real_fit(cfg))
     result = study.data_scale(**STUDY, out=tmp_path)
-    assert [(Path(c.out).parent.name, Path(c.out).name, c.resume) for c in configs] == [
-        ("n40", "seed1", True), ("n80", "seed0", False)]  # fmt: skip
+    assert [(c.model, Path(c.out).parent.name, Path(c.out).name, c.resume) for c in configs] == [
+        ("resnetv2_test_16", "n40", "seed0", True), ("vit_test_patch4_16", "n80", "seed0", False),
+        ("resnetv2_test_16", "n80", "seed0", False)]  # fmt: skip
     assert (first / "result.json").stat().st_mtime_ns == finished_at
     assert without_dirs(result["runs"]) == without_dirs(reference[1]["runs"])
 
@@ -154,7 +160,7 @@ def test_rerunning_a_finished_study_prints_its_result_at_once_as_json(reference,
 
 @pytest.mark.parametrize("change, message", [
     (["--models", "vit,cnn"], "unknown model 'cnn'"),
-    (["--models", "hybrid"], "no default hybrid model for dataset digits"),
+    (["--models", "vit,resnet,hybrid"], "no default hybrid model for dataset digits"),
     (["--sizes", "40,5000"], "subset size 5000 must be between the 10 classes and the 1437 training images"),
     (["--sizes", "5,40"], "subset size 5 must be between"),
     (["--images-seen", "0"], "images_seen must be positive"),

@@ -24,12 +24,10 @@ from typing import Any, Sequence, get_args
 
 import torch
 from matplotlib.figure import Figure
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import Subset
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from .bench import step_flops
 from .checkpoints.io import atomic_write
 from .checkpoints.load import load
 from .data import DataSource, load_data
@@ -62,12 +60,6 @@ RUN_FIELDS = ("model", "family", "size", "seed", "top1", "fewshot_10", "train_fl
               "images_seen", "run_dir")  # fmt: skip
 
 
-def model_family(name: str) -> str:
-    """'vit', 'hybrid' or 'resnet': the family of a registered model."""
-    cfg = get_config(name)
-    return getattr(cfg, "family", "hybrid" if getattr(cfg, "is_hybrid", False) else "vit")
-
-
 def resolve_models(data: str, models: Sequence[str]) -> dict[str, str]:
     """Family names ('vit', 'resnet', 'hybrid') -> the dataset's model of that family; registry names as
     they are. Returns {model name: family}, in the order given."""
@@ -80,26 +72,12 @@ def resolve_models(data: str, models: Sequence[str]) -> dict[str, str]:
             entry = defaults[entry]
         try:
             name = resolve_name(entry)  # a paper alias ('ViT-B/16') becomes the registry name, a folder name
-            resolved[name] = model_family(name)
+            resolved[name] = get_config(name).family
         except ValueError as e:
             raise ValueError(f"{e} (--models takes the families {', '.join(FAMILIES)} or registered names)") from None
     if not resolved:
         raise ValueError("no models given: --models vit,resnet,hybrid or registered names")
     return resolved
-
-
-def forward_flops(model: nn.Module) -> int:
-    """FLOPs (2·MACs of matmuls and convolutions, as torch.utils.flop_counter counts them) of one image's
-    forward pass at the model's input size; any family. Attention runs on the math backend here: the
-    counter sees its matmuls, not the fused CPU kernel (for a ViT this equals vitkit.bench.forward_flops)."""
-    cfg = model.config
-    x = torch.zeros(1, cfg.in_chans, *cfg.img_size, device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops()
 
 
 @dataclasses.dataclass
@@ -185,14 +163,14 @@ def _fewshot_pool(data: DataSource) -> Subset | None:
 def _evaluate(run_dir: Path, data: DataSource, pool: Subset | None, plan: Plan, device: torch.device) -> dict[str, Any]:
     """Test top-1 and 10-shot accuracy of the run's chosen weights (the best held-out, else the final), in fp32."""
     model = load(run_dir / (BEST if plan.holdout else "model.safetensors")).to(device).eval()
-    test_x, test_logits, test_y = representations(model, eval_loader(data.test, model.config, data.channels))
+    test_x, test_logits, test_y = representations(model, eval_loader(data.test, model.config.data_config, data.channels))
     shots = None
     if pool is not None:
-        support_x, support_y = extract_features(model, eval_loader(pool, model.config, data.channels))
+        support_x, support_y = extract_features(model, eval_loader(pool, model.config.data_config, data.channels))
         result = fewshot(support_x, support_y, test_x, test_y, (SHOTS,), FEWSHOT_SEEDS, num_classes=len(data.classes))
         shots = result.mean[0]
     top1 = (test_logits.argmax(dim=1) == test_y).double().mean().item()
-    return {"top1": top1, "fewshot_10": shots, "forward_flops": forward_flops(model)}
+    return {"top1": top1, "fewshot_10": shots, "step_flops": step_flops(model.config, "train")}
 
 
 def _run(
@@ -216,7 +194,7 @@ def _run(
     heldout = [r["eval_top1"] for r in read_metrics(run_dir / "metrics.jsonl") if "eval_top1" in r]
     record = {
         "model": model, "family": plan.models[model], "size": size, "seed": seed, "top1": scores["top1"],
-        "fewshot_10": scores["fewshot_10"], "train_flops": 3 * scores["forward_flops"] * recipe.steps * recipe.batch_size,
+        "fewshot_10": scores["fewshot_10"], "train_flops": scores["step_flops"] * recipe.steps * recipe.batch_size,
         "heldout_top1": max(heldout, default=None) if plan.holdout else None,
         "steps": recipe.steps, "images_seen": recipe.steps * recipe.batch_size, "run_dir": str(run_dir),
     }  # fmt: skip
@@ -295,7 +273,7 @@ def plot_accuracy_vs_flops(summary: list[dict[str, Any]], path: Path) -> Path:
     for model, colour in colours.items():
         ax.plot([], [], color=colour, marker="o", ls="", label=model)
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (3 × forward × images seen)")
+    ax.set_xlabel("training FLOPs (a training step's FLOPs per image × images seen)")
     ax.set_ylabel("test top-1")
     ax.set_title("accuracy against training compute (lines: one training-set size)")
     ax.grid(alpha=0.3, which="both")
