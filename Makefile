@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch 2.14.1 + torchvision 0.29.1: the pair the project is tested with
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data browser run test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ data:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "no apt-get: vitkit will download Fashion-MNIST with torchvision"; fi
 
+# Chromium for the page's browser test (Playwright drives the system browser; it downloads none).
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
+	else echo "no apt-get: install Chromium yourself for tests/test_serve_process.py"; fi
+
 # The main job: a small ViT trained from scratch on Fashion-MNIST (about 10 minutes on 2 CPU cores),
 # evaluated on the test set; it prints where the checkpoint, metrics and plots are.
 run: setup data
@@ -35,7 +43,7 @@ bench: setup data
 	$(BIN)/python benchmarks/fashion_mnist.py
 	$(BIN)/python benchmarks/bench_table.py
 
-test: setup data
+test: setup data browser
 	$(BIN)/python -m pytest
 
 clean:

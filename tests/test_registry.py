@@ -11,8 +11,13 @@ import torch
 
 import vitkit
 from vitkit import ViTConfig
+from vitkit.models.registry import DESCENDANTS
 
-SHARED_WITH_TIMM = [name for name in vitkit.list_models() if name in set(timm.list_models("vit_*"))]
+# The ViTs and their descendants; the ResNets have their own tests (test_resnet.py).
+SHARED_WITH_TIMM = [
+    name for name in vitkit.list_models()
+    if name in set(timm.list_models()) and vitkit.get_config(name).family != "resnet"
+]
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -20,7 +25,8 @@ def num_params(model: torch.nn.Module) -> int:
 
 
 def test_registry_covers_the_timm_names_of_the_design() -> None:
-    assert len(SHARED_WITH_TIMM) == 27
+    assert len(SHARED_WITH_TIMM) == 27 + len(DESCENDANTS)
+    assert set(DESCENDANTS) <= set(SHARED_WITH_TIMM)
     assert {"vit_huge_patch14_224", "vit_base_r50_s16_384", "vit_tiny_r_s16_p8_224"} <= set(SHARED_WITH_TIMM)
 
 
@@ -59,6 +65,24 @@ def test_list_models_includes_aliases_only_when_asked() -> None:
 
 def test_timm_pretrained_tag_is_ignored() -> None:
     assert vitkit.get_config("vit_base_patch16_224.augreg2_in21k_ft_in1k") == vitkit.get_config("vit_base_patch16_224")
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_224.mae", "vit_huge_patch14_224.mae", "vit_small_patch16_224.dino"])
+def test_self_supervised_tags_give_timms_pretrained_config(name: str) -> None:
+    """timm's pretrained_cfg of MAE and DINO weights: no classifier, ImageNet statistics."""
+    cfg, timm_cfg = vitkit.get_config(name), timm.models.get_pretrained_cfg(name)
+    assert (cfg.num_classes, cfg.mean, cfg.std) == (timm_cfg.num_classes, timm_cfg.mean, timm_cfg.std)
+    assert vitkit.models.registry.default_hub_id(name) == f"timm/{name}"
+
+
+@pytest.mark.parametrize("name", sorted(DESCENDANTS))
+def test_descendants_take_timms_pretrained_config_and_hub_repository(name: str) -> None:
+    cfg = vitkit.get_config(name)
+    hub_id = vitkit.models.registry.default_hub_id(name)
+    timm_cfg = timm.models.get_pretrained_cfg(hub_id.removeprefix("timm/"))
+    assert timm_cfg.hf_hub_id == hub_id  # timm downloads the same repository
+    assert (cfg.num_classes, (cfg.in_chans, *cfg.img_size)) == (timm_cfg.num_classes, timm_cfg.input_size)
+    assert (cfg.mean, cfg.std, cfg.crop_pct) == (timm_cfg.mean, timm_cfg.std, timm_cfg.crop_pct)
 
 
 def test_unknown_name_suggests_a_close_match() -> None:

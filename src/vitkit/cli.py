@@ -112,16 +112,13 @@ def _load_model(path: str, device: str | None) -> Any:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import Subset
-
     from .data import load_data
+    from .data.streaming import first
     from .evaluate import eval_loader, evaluate, plot_confusion
 
     model = _load_model(args.checkpoint, args.device)
     data = load_data(args.data, args.data_root)
-    dataset = data.split(args.split)
-    if args.limit:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    dataset = first(data.split(args.split), args.limit)
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"the checkpoint has {model.config.num_classes} classes, {data.name} has {len(data.classes)}")
     device = next(model.parameters()).device
@@ -145,7 +142,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 and per-class accuracy of a checkpoint; a confusion-matrix PNG")
     p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
-    p.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, ...")
+    p.add_argument("--data", required=True, help="dataset: fashion_mnist, imagefolder:PATH, wds:DIR_OR_URL, hf:NAME, ...")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class, ...)")
     p.add_argument("--out", help="where to write confusion-<split>.png (default: the checkpoint's folder)")
@@ -244,12 +241,15 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 
 # Each subcommand registers itself here: a function that adds its parser and sets `func`.
 def _add_others(sub: argparse._SubParsersAction) -> None:
-    """fewshot, analyze, export and bench: their parsers live beside their code."""
+    """fewshot, analyze, export, bench, serve and shard: their parsers live beside their code."""
     from .analysis.cli import add_analyze_parser, add_fewshot_parser
     from .bench import add_parser as add_bench_parser
+    from .data.shards import add_parser as add_shard_parser
     from .export import add_parser as add_export_parser
+    from .serve.cli import add_parser as add_serve_parser
 
-    for add in (add_fewshot_parser, add_analyze_parser, add_export_parser, add_bench_parser):
+    for add in (add_fewshot_parser, add_analyze_parser, add_export_parser, add_bench_parser, add_serve_parser,
+                add_shard_parser):
         add(sub)
 
 

@@ -34,7 +34,7 @@ def _shots(text: str) -> list[int]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
-    p.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, ...")
+    p.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, wds:DIR_OR_URL, hf:NAME, ...")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--data-root", help="where datasets are unpacked/downloaded")

@@ -2,8 +2,9 @@
 
 For a patch query q, Σ_k a(q, k) · ‖centre(q) − centre(k)‖ over the patch keys k, then averaged over
 queries and images. Patch-to-patch attention only, as the analyses of timm users and Raghu et al. (2021)
-do: the class token has no position in the image, so its query row and key column are dropped and each
-query's remaining weights renormalised to sum to one, which keeps the result a distance.
+do: the class token, like DeiT's distillation token and the registers, has no position in the image, so
+the prefix tokens' query rows and key columns are dropped and each query's remaining weights
+renormalised to sum to one, which keeps the result a distance.
 """
 
 from __future__ import annotations

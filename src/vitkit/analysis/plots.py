@@ -1,6 +1,8 @@
 """The analyses' figures, drawn with matplotlib's object API (no pyplot state, no display needed).
 
 Each function writes one PNG of a fixed size in inches (given in its docstring) at `dpi`, and returns its path.
+The figures of the patch grid take a `note` for their title: which prefix tokens (class, distillation,
+registers) they leave out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .filters import EmbeddingFilters
 from .pos_embed import PosEmbedSimilarity
 
 DPI = 100
+HEAT_CMAP = "jet"  # attention heat maps
 FILTER_COLUMNS = 7  # the paper shows its 28 components in 4 rows of 7
 
 
@@ -42,6 +45,10 @@ def denormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     m = torch.tensor(mean if len(mean) == C else [sum(mean) / len(mean)] * C).view(1, C, 1, 1)
     s = torch.tensor(std if len(std) == C else [sum(std) / len(std)] * C).view(1, C, 1, 1)
     return (images.detach().float().cpu() * s + m).clamp(0, 1)
+
+
+def _titled(title: str, note: str) -> str:
+    return f"{title}\n({note})" if note else title
 
 
 def _show(ax: Axes, picture: np.ndarray, **kwargs: Any) -> None:
@@ -72,7 +79,7 @@ def similarity_mosaic(similarity: torch.Tensor, grid: tuple[int, int]) -> np.nda
     return cells.permute(0, 2, 1, 3).reshape(gh * (gh + 1), gw * (gw + 1))[:-1, :-1].numpy()
 
 
-def plot_pos_embed_similarity(result: PosEmbedSimilarity, path: str | Path, dpi: int = DPI) -> Path:
+def plot_pos_embed_similarity(result: PosEmbedSimilarity, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
     """Each patch's cosine similarity with every other, arranged by position: 7 × 6 inches."""
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.add_subplot()
@@ -85,12 +92,13 @@ def plot_pos_embed_similarity(result: PosEmbedSimilarity, path: str | Path, dpi:
     ax.tick_params(length=0)
     ax.set_xlabel("input patch column")
     ax.set_ylabel("input patch row")
-    ax.set_title(f"position-embedding similarity: neighbours {result.neighbour:.2f}, far {result.far:.2f}", fontsize=9)
+    title = f"position-embedding similarity: neighbours {result.neighbour:.2f}, far {result.far:.2f}"
+    ax.set_title(_titled(title, note), fontsize=9)
     fig.colorbar(im, ax=ax, label="cosine similarity", shrink=0.8)
     return _save(fig, path, dpi)
 
 
-def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int = DPI) -> Path:
+def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
     """distance (layers, heads) in pixels: layer on x, one dot per head, the layer mean as a line; 6 × 4 inches."""
     L, H = distance.shape
     fig = Figure(figsize=(6, 4), layout="constrained")
@@ -104,18 +112,23 @@ def plot_attention_distance(distance: torch.Tensor, path: str | Path, dpi: int =
     ax.set_xticks(layers)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=6, ncols=2 if H > 8 else 1, loc="lower right")
+    ax.set_title(_titled("mean attention distance between patches", note), fontsize=9)
     return _save(fig, path, dpi)
 
 
-def _overlay(ax: Axes, picture: np.ndarray, heat: torch.Tensor, size: tuple[int, int]) -> None:
-    """Draw picture with heat (gh, gw), upsampled bilinearly to size and scaled to [0, 1], on top."""
+def heat_map(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """heat (gh, gw) -> (H, W): upsampled bilinearly to `size`, scaled to [0, 1] for a colour map."""
     heat = F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+    return (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+
+
+def _overlay(ax: Axes, picture: np.ndarray, heat: torch.Tensor, size: tuple[int, int]) -> None:
+    """Draw picture with heat (gh, gw), as heat_map makes it, on top."""
     _show(ax, picture)
-    ax.imshow(heat.numpy(), cmap="jet", alpha=0.5)
+    ax.imshow(heat_map(heat, size).numpy(), cmap=HEAT_CMAP, alpha=0.5)
 
 
-def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI) -> Path:
+def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
     """images (B, C, H, W) in [0, 1] above their rollout maps (B, gh, gw) overlaid: 2B × 4 inches."""
     B = len(images)
     fig = Figure(figsize=(2 * B, 4), layout="constrained")
@@ -123,11 +136,13 @@ def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi
         picture = _as_picture(images[i])
         _show(fig.add_subplot(2, B, i + 1), picture)
         _overlay(fig.add_subplot(2, B, B + i + 1), picture, maps[i], tuple(images.shape[-2:]))
-    fig.suptitle("attention rollout", fontsize=9)
+    fig.suptitle(_titled("attention rollout", note), fontsize=9)
     return _save(fig, path, dpi)
 
 
-def plot_head_attention(images: torch.Tensor, attn: torch.Tensor, path: str | Path, dpi: int = DPI) -> Path:
+def plot_head_attention(
+    images: torch.Tensor, attn: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = ""
+) -> Path:
     """One row per image (B, C, H, W) in [0, 1]: the image, then the last layer's output-query attention
     of each head, attn (B, heads, gh, gw), overlaid: 1.5·(heads + 1) × 1.5·B inches."""
     B, H = attn.shape[:2]
@@ -140,4 +155,5 @@ def plot_head_attention(images: torch.Tensor, attn: torch.Tensor, path: str | Pa
             _overlay(ax, picture, attn[i, h], tuple(images.shape[-2:]))
             if i == 0:
                 ax.set_title(f"head {h + 1}", fontsize=7)
+    fig.suptitle(_titled("last layer's attention of the output token", note), fontsize=9)
     return _save(fig, path, dpi)

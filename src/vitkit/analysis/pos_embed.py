@@ -63,11 +63,12 @@ def grid_contrasts(similarity: torch.Tensor, grid: tuple[int, int]) -> dict[str,
 
 
 def pos_embed_similarity(model: VisionTransformer) -> PosEmbedSimilarity:
-    """Cosine similarities of the learned patch position embeddings (the prefix tokens' left out)."""
+    """Cosine similarities of the learned patch position embeddings (the prefix tokens' left out, where
+    they have any: not with no_embed_class)."""
     cfg = model.config
     if not hasattr(model, "pos_embed"):
         raise ValueError(f"position-embedding similarity needs position embeddings; {cfg.name or 'the model'} "
                          f"is a {cfg.family} model without any")
-    pos = model.pos_embed.detach()[0, cfg.num_prefix_tokens :]  # (N, D)
+    pos = model.pos_embed.detach()[0, cfg.pos_prefix_tokens :]  # (N, D)
     similarity = cosine_similarity_matrix(pos)
     return PosEmbedSimilarity(similarity.float(), cfg.grid_size, **grid_contrasts(similarity, cfg.grid_size))

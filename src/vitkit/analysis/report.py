@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..models.vit import VisionTransformer
+from .attention import excluded_tokens
 from .distance import mean_attention_distance
 from .filters import embedding_filters
 from .plots import (
@@ -62,19 +63,21 @@ def _attention_analyses(
     shown = images[:rollout_images]
     pictures = denormalise(shown, cfg.mean, cfg.std)
     layer_mean = distance.mean(dim=1)
+    note = excluded_tokens(cfg)
     return {
-        "grid": list(similarity.grid),
+        "grid": list(similarity.grid), "excluded_tokens": note,
         "pos_embed_similarity": similarity.to_dict(),
         "attention_distance": {
             "units": "pixels", "per_head": distance.tolist(), "per_layer_mean": layer_mean.tolist(),
             "last_minus_first_layer": (layer_mean[-1] - layer_mean[0]).item(),
         },
         "figures": {
-            "pos_embed_similarity": str(plot_pos_embed_similarity(similarity, out / "pos_embed_similarity.png")),
-            "attention_distance": str(plot_attention_distance(distance, out / "attention_distance.png")),
+            "pos_embed_similarity": str(plot_pos_embed_similarity(similarity, out / "pos_embed_similarity.png",
+                                                                  note=note)),
+            "attention_distance": str(plot_attention_distance(distance, out / "attention_distance.png", note=note)),
             "attention_rollout": str(plot_rollout(pictures, attention_rollout(model, shown, batch_size),
-                                                  out / "attention_rollout.png")),
+                                                  out / "attention_rollout.png", note=note)),
             "head_attention": str(plot_head_attention(pictures, last_layer_attention(model, shown, batch_size),
-                                                      out / "head_attention.png")),
+                                                      out / "head_attention.png", note=note)),
         },
     }  # fmt: skip

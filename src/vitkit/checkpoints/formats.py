@@ -25,9 +25,9 @@ from .io import FORMAT_TAG, CheckpointError, META_CONFIG, META_FORMAT, read_vitk
 Format = Literal["vitkit", "timm", "google", "bit", "huggingface", "torchvision"]
 
 SUPPORTED = (
-    "supported: vitkit .safetensors; timm state dicts (.pth/.bin/.safetensors) of ViTs and resnetv2_*_bit; "
-    "official Google ViT .npz and BiT .npz; Hugging Face ViT directories (config.json + weights); "
-    "torchvision vit_* state dicts"
+    "supported: vitkit .safetensors; timm state dicts (.pth/.bin/.safetensors) of ViTs, their descendants and "
+    "resnetv2_*_bit; official Google ViT .npz and BiT .npz; Hugging Face ViT, DeiT, DINOv2 and ViT-MAE directories "
+    "(config.json + weights); torchvision vit_* state dicts"
 )
 
 # A format is recognised by one of its characteristic keys (checked in this order).
@@ -157,13 +157,14 @@ def _read_directory(path: Path) -> RawCheckpoint:
     weights = next((path / n for n in _HF_WEIGHTS if (path / n).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{path}: no weights file (expected one of {', '.join(_HF_WEIGHTS)})")
-    if hf_config.get("model_type") == "vit":
-        from .huggingface import config_from_hf
+    from .huggingface import MODEL_TYPES, config_from_hf
+
+    if hf_config.get("model_type") in MODEL_TYPES:
 
         config = config_from_hf(hf_config)  # validated before any weights are read
         raw = read_checkpoint(weights)
         if raw.format != "huggingface":
-            raise CheckpointError(f"{weights}: expected Hugging Face ViT weights, found {raw.format} keys")
+            raise CheckpointError(f"{weights}: expected Hugging Face {hf_config['model_type']} weights, found {raw.format} keys")
         return RawCheckpoint(str(path), "huggingface", raw.state, config, {"hf_config": hf_config})
     raw = read_checkpoint(weights)  # e.g. a timm Hub snapshot: config.json holds its pretrained_cfg
     raw.metadata = {**raw.metadata, "hub_config": hf_config}

@@ -1,8 +1,9 @@
 """Load any supported checkpoint into a vitkit model, converting keys and adapting shapes.
 
 After a format's converter has produced vitkit names, the same rules apply to every format:
-position embeddings are resampled when the grid differs, the patch embedding is adapted to another
-number of input channels, a head for another number of classes is re-initialised to zeros, and any
+position embeddings are resampled when the grid differs (the prefix tokens' own embeddings, if any,
+kept), the patch embedding is adapted to another number of input channels and, by FlexiViT's
+pseudo-inverse, to another patch size, a head for another number of classes is re-initialised to zeros, and any
 other shape mismatch is an error that names the key and both shapes.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models import ModelConfig, ViTConfig, build_model, get_config, resample_pos_embed
+from ..models.flexi import resample_patch_embed
 from ..models.posembed import ResampleMethod
 from .formats import CheckpointError, Format, RawCheckpoint, read_checkpoint
 from .io import save
@@ -34,6 +37,12 @@ DEFAULT_RESAMPLE: dict[Format, ResampleMethod] = {
 # First convolutions whose input channels can be adapted (a pure ViT's patch embedding, a hybrid's stem,
 # a ResNet's stem).
 _INPUT_CONVS = ("patch_embed.proj.weight", "patch_embed.backbone.stem.conv.weight", "stem.conv.weight")
+_PATCH_KERNEL = "patch_embed.proj.weight"
+# Keys of the descendants' options: (key prefix, the ViTConfig option a model needs to take it).
+_OPTION_KEYS: list[tuple[str, str]] = [
+    ("fc_norm.", "fc_norm=True"), ("reg_token", "reg_tokens=K"), ("dist_token", "distilled=True"),
+    ("head_dist.", "distilled=True"), ("pos_embed", "pos_embed='learn' (the model's sin-cos table is fixed)"),
+]  # fmt: skip
 
 
 @dataclass
@@ -61,6 +70,27 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (C / in_chans)
 
 
+def _unexpected(key: str, value: torch.Tensor, path: str) -> CheckpointError:
+    """The error for a checkpoint key that the model has no parameter for, naming the option it needs."""
+    option = next((opt for prefix, opt in _OPTION_KEYS if key.startswith(prefix)), None)
+    if option is None and re.fullmatch(r"blocks\.\d+\.ls[12]\.gamma", key):
+        option = "init_values (LayerScale)"
+    hint = f": the checkpoint needs a model built with {option}" if option else " for this model"
+    return CheckpointError(f"{path}: unexpected key {key!r} {tuple(value.shape)}{hint}")
+
+
+def _adapt_patch_embed(key: str, value: torch.Tensor, want: torch.Size, report: LoadReport) -> torch.Tensor:
+    """An input convolution for other input channels and, the patch embedding, another patch size."""
+    out = value.float()
+    if value.shape[1] != want[1]:
+        out = adapt_input_conv(out, want[1])
+        report.notes.append(f"adapted {key} from {value.shape[1]} to {want[1]} input channels")
+    if value.shape[2:] != want[2:]:
+        out = resample_patch_embed(out, tuple(want[2:]))
+        report.notes.append(f"resampled {key} from {tuple(value.shape[2:])} to {tuple(want[2:])} patches (FlexiViT)")
+    return out.to(value.dtype)
+
+
 def _source_grid(raw: RawCheckpoint, num_patches: int) -> tuple[int, int] | None:
     if raw.config is not None and math.prod(raw.config.grid_size) == num_patches:
         return raw.config.grid_size
@@ -82,33 +112,32 @@ def apply_state(
         if key not in target:
             if key.startswith("pre_logits."):
                 report.notes.append(f"dropped {key}: the model has no representation layer")
-            elif key.startswith("head.") and cfg.num_classes == 0:
+            elif key.startswith(("head.", "head_dist.")) and cfg.num_classes == 0:
                 report.notes.append(f"dropped {key}: the model has no head (num_classes=0)")
             else:
-                raise CheckpointError(f"{raw.path}: unexpected key {key!r} {tuple(value.shape)} for this model")
+                raise _unexpected(key, value, raw.path)
             continue
         want = target[key].shape
         if value.shape == want:
             out[key] = value
         elif key == "pos_embed" and value.shape[-1] == want[-1]:
             method = pos_method or DEFAULT_RESAMPLE[raw.format]
-            old_grid = _source_grid(raw, value.shape[1] - cfg.num_prefix_tokens)
-            out[key] = resample_pos_embed(value, cfg.grid_size, cfg.num_prefix_tokens, old_grid, method)
+            old_grid = _source_grid(raw, value.shape[1] - cfg.pos_prefix_tokens)
+            out[key] = resample_pos_embed(value, cfg.grid_size, cfg.pos_prefix_tokens, old_grid, method)
             report.notes.append(
                 f"resampled pos_embed {tuple(value.shape)} -> {tuple(want)} to the {cfg.grid_size} grid ({method})"
             )
-        elif key in _INPUT_CONVS and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
-            out[key] = adapt_input_conv(value.float(), want[1]).to(value.dtype)
-            report.notes.append(f"adapted {key} from {value.shape[1]} to {want[1]} input channels")
-        elif key.startswith("head."):
+        elif key in _INPUT_CONVS and value.shape[0] == want[0] and (value.shape[2:] == want[2:] or key == _PATCH_KERNEL):
+            out[key] = _adapt_patch_embed(key, value, want, report)
+        elif key.startswith(("head.", "head_dist.")):
             continue  # another number of classes: the head is re-initialised below
         else:
             raise CheckpointError(
                 f"{raw.path}: {key} has shape {tuple(value.shape)} in the checkpoint, the model expects {tuple(want)}"
             )
     missing = [k for k in target if k not in out]
-    if any(not k.startswith("head.") for k in missing):
-        absent = [k for k in missing if not k.startswith("head.")]
+    if any(not k.startswith(("head.", "head_dist.")) for k in missing):
+        absent = [k for k in missing if not k.startswith(("head.", "head_dist."))]
         raise CheckpointError(f"{raw.path}: missing keys {absent[:5]}{'...' if len(absent) > 5 else ''}")
     model.load_state_dict(out, strict=False)
     if missing:
@@ -122,7 +151,10 @@ def apply_state(
 def _convert(raw: RawCheckpoint, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     if raw.format == "vitkit":
         return dict(raw.state)
-    state = importlib.import_module(f".{raw.format}", __package__).convert(raw.state, cfg)
+    try:
+        state = importlib.import_module(f".{raw.format}", __package__).convert(raw.state, cfg)
+    except CheckpointError as e:
+        raise CheckpointError(f"{raw.path}: {e}") from None
     return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
@@ -148,7 +180,9 @@ def checkpoint_config(state: Mapping[str, torch.Tensor], base: ModelConfig) -> M
         "num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0,
         "representation_size": state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
     }
-    num_patches = state["pos_embed"].shape[1] - base.num_prefix_tokens
+    if "pos_embed" not in state:
+        return base.replace(**overrides)
+    num_patches = state["pos_embed"].shape[1] - base.pos_prefix_tokens
     side = math.isqrt(num_patches)
     if num_patches != math.prod(base.grid_size) and side * side == num_patches:
         overrides["img_size"] = side * base.stride

@@ -1,4 +1,5 @@
-"""Named datasets: `fashion_mnist`, `mnist5k`, `digits`, `imagefolder:PATH`, `cifar10:PATH`, `cifar100:PATH`.
+"""Named datasets: `fashion_mnist`, `mnist5k`, `digits`, `imagefolder:PATH`, `cifar10:PATH`, `cifar100:PATH`,
+and streamed ones: `wds:DIR_OR_URL` (shards written by `vitkit shard`), `hf:NAME[:CONFIG]` (Hugging Face).
 
 Every dataset yields (image, label): the image a uint8 tv_tensors.Image (C, H, W) or a PIL image, the
 label an int. The transforms of vitkit.data.transforms turn either into the model's input.
@@ -21,6 +22,7 @@ from torchvision import datasets as tvd
 from torchvision import tv_tensors
 
 from .imagefolder import TolerantImageFolder
+from .streaming import ShardSource, StreamedSplit, read_index
 
 # Where the Debian package dataset-fashion-mnist puts the original idx files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -34,8 +36,8 @@ class DataSource:
     """A dataset's two splits and what training needs to know about them."""
 
     name: str
-    train: Dataset
-    test: Dataset
+    train: Dataset | None  # None: a streamed dataset without this split
+    test: Dataset | None
     classes: list[str]
     channels: int  # of the stored images: 1 (grayscale) or 3
     hflip: bool  # whether mirrored images are still images of the same class (not for digits)
@@ -43,7 +45,10 @@ class DataSource:
     def split(self, name: str) -> Dataset:
         if name not in ("train", "test"):
             raise ValueError(f"unknown split {name!r}; expected 'train' or 'test'")
-        return self.train if name == "train" else self.test
+        split = self.train if name == "train" else self.test
+        if split is None:
+            raise ValueError(f"{self.name} has no {name} split")
+        return split
 
     def skipped_files(self) -> list[str]:
         """Image files left out because they could not be decoded (image folders only)."""
@@ -174,12 +179,39 @@ def _cifar(cls: type[tvd.CIFAR10], name: str) -> Callable[[str], DataSource]:
     return build
 
 
+def webdataset(path: str) -> DataSource:
+    """Shards written by `vitkit shard`, read from a directory or any URL webdataset opens, as index.json lists them."""
+    index = read_index(path)
+    classes, channels = list(index["classes"]), int(index.get("channels", 3))
+    splits = [
+        StreamedSplit(ShardSource(path, index["splits"][s]), f"wds:{path}", classes, channels)
+        if s in index["splits"] else None
+        for s in ("train", "test")
+    ]  # fmt: skip
+    return DataSource(f"wds:{path}", *splits, classes=classes, channels=channels, hflip=index.get("hflip", True))
+
+
+def huggingface(path: str) -> DataSource:
+    """A Hugging Face dataset, streamed: `hf:NAME[:CONFIG]`; its 'test' split (else 'validation') to test."""
+    from .hf import HFSource, split_names
+
+    name, _, config = path.partition(":")
+    available = split_names(name, config or None)
+    held_out = next((s for s in ("test", "validation") if s in available), None)
+    splits = [HFSource(name, config or None, s, f"hf:{path}") if s else None
+              for s in ("train" if "train" in available else None, held_out)]  # fmt: skip
+    classes = next(s for s in splits if s is not None).classes
+    streamed = [StreamedSplit(s, f"hf:{path}", classes, 3) if s else None for s in splits]
+    return DataSource(f"hf:{path}", *streamed, classes=classes, channels=3, hflip=True)
+
+
 # name -> builder; builders of the first kind take the data root, of the second the PATH after the colon.
 BUILTIN: dict[str, Callable[[Path], DataSource]] = {
     "fashion_mnist": fashion_mnist, "mnist5k": mnist5k, "digits": digits,
 }  # fmt: skip
 WITH_PATH: dict[str, Callable[[str], DataSource]] = {
     "imagefolder": imagefolder, "cifar10": _cifar(tvd.CIFAR10, "cifar10"), "cifar100": _cifar(tvd.CIFAR100, "cifar100"),
+    "wds": webdataset, "hf": huggingface,
 }  # fmt: skip
 
 
@@ -191,6 +223,8 @@ DEFAULTS: dict[str, tuple[str, str]] = {
     "imagefolder": ("deit", "vit_small_patch16_224"),
     "cifar10": ("deit", "vit_micro_patch4_32"),
     "cifar100": ("deit", "vit_micro_patch4_32"),
+    "wds": ("deit", "vit_small_patch16_224"),
+    "hf": ("deit", "vit_small_patch16_224"),
 }
 
 
@@ -213,12 +247,17 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def dataset_defaults(spec: str) -> tuple[str, str]:
-    """(recipe name, model name) that `spec` trains with by default."""
-    return DEFAULTS[parse_spec(spec)[0]]
+    """(recipe name, model name) that `spec` trains with by default (shards: those of the dataset they hold)."""
+    name, path = parse_spec(spec)
+    if name == "wds":
+        source = str(read_index(path).get("source", "wds"))
+        return DEFAULTS.get(source.partition(":")[0], DEFAULTS["wds"])
+    return DEFAULTS[name]
 
 
 def load_data(spec: str, root: str | os.PathLike | None = None) -> DataSource:
-    """A dataset by name: 'fashion_mnist', 'mnist5k', 'digits', 'imagefolder:PATH', 'cifar10:PATH', 'cifar100:PATH'.
+    """A dataset by name: 'fashion_mnist', 'mnist5k', 'digits', 'imagefolder:PATH', 'cifar10:PATH', 'cifar100:PATH',
+    'wds:DIR_OR_URL', 'hf:NAME[:CONFIG]'.
 
     `root`: where fashion_mnist is unpacked or downloaded (see data_root).
     """

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator
+from typing import IO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# A path, or an open binary file (uploaded bytes in a BytesIO) named by the `name` given with it.
+Source = Union[str, os.PathLike, IO[bytes]]
 
 # PIL's own threshold for its DecompressionBombWarning (it refuses outright only at twice this)
 MAX_PIXELS = 89_478_485
@@ -55,26 +58,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _guarded_open(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+def _guarded_open(source: Source, max_pixels: int, name: str | None = None) -> Iterator[Image.Image]:
     """PIL's Image.open with the size guard; any failure inside, reading or decoding, becomes an
-    ImageDecodeError naming the file."""
+    ImageDecodeError naming the file (`name`, by default the path)."""
+    path = name if name is not None else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 check_size(path, image, max_pixels)
                 yield image
     except ImageDecodeError:
         raise
     except FileNotFoundError:
-        raise ImageDecodeError(path, "no such file") from None
+        raise ImageDecodeError(name, "no such file") from None
     except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(path, f"not a decodable image ({e or type(e).__name__})") from None
+        reason = str(e).replace(repr(source), repr(name)) if name is not None else str(e)  # not an object's repr
+        raise ImageDecodeError(path, f"not a decodable image ({reason or type(e).__name__})") from None
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `path` fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise."""
-    with _guarded_open(path, max_pixels) as image:
+def open_image(source: Source, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Decode a file fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise.
+    `source`: a path, or an open binary file such as io.BytesIO(uploaded bytes), called `name` in errors."""
+    with _guarded_open(source, max_pixels, name) as image:
         image.load()  # a truncated file fails here, not lazily later
         return to_rgb(image)
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import Transformed, eval_transform
 from ..data.batched import TransformBatch, in_memory
 from ..data.preprocessing import DataConfig
+from ..data.streaming import StreamedSplit
 from ..precision import Precision, autocast
 
 
@@ -47,6 +48,9 @@ def eval_loader(
 ) -> DataLoader:
     """Batches of (images (B, C, H, W) as the model expects them, labels (B,)) in dataset order; images
     held in memory are transformed a whole batch at a time."""
+    if isinstance(dataset, StreamedSplit):  # read in the shards' order, one part per worker
+        stream = dataset.configured(eval_transform(cfg, data_channels), streams=max(1, workers))
+        return DataLoader(stream, batch_size=batch_size, num_workers=workers)
     images = in_memory(dataset)
     if images is not None:
         collate = TransformBatch(eval_transform(cfg, data_channels))

@@ -6,10 +6,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
+from torchvision.transforms import v2
 
 from ..data import eval_transform
 from ..data.images import ImageDecodeError, open_image
@@ -46,6 +48,26 @@ class Prediction:
         return {"image": self.image, "top": [{"class": c, "prob": p} for c, p in self.top]}
 
 
+def class_names(num_classes: int, classes: list[str] | None = None) -> list[str]:
+    """The names of a model's classes: those given (checked against its head), else class_0, class_1, ..."""
+    names = classes or [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
+    return names
+
+
+def image_transform(cfg: Any) -> v2.Compose:
+    """What every decoded (RGB) image goes through before the model: the checkpoint's eval transform.
+    PIL image -> (C, H, W) float, resized, centre-cropped and normalised as the config says."""
+    return eval_transform(cfg.data_config, data_channels=3)
+
+
+def probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """images: (B, C, H, W) -> softmax probabilities (B, K) in float32, on the model's device."""
+    device = next(model.parameters()).device
+    return model(images.to(device)).float().softmax(dim=-1)
+
+
 @torch.no_grad()
 def predict_files(
     model: nn.Module,
@@ -57,11 +79,8 @@ def predict_files(
     """Classify each image file (resized and centre-cropped as the model's config says); a file that
     cannot be decoded gets a Prediction with `error` set, the others are still classified."""
     cfg = model.config
-    names = classes or [f"class_{i}" for i in range(cfg.num_classes)]
-    if len(names) != cfg.num_classes:
-        raise ValueError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
-    transform = eval_transform(cfg.data_config, data_channels=3)
-    device = next(model.parameters()).device
+    names = class_names(cfg.num_classes, classes)
+    transform = image_transform(cfg)
     model.eval()
     results, batch = [], []
     for path in paths:
@@ -73,7 +92,7 @@ def predict_files(
     k = min(topk, cfg.num_classes)
     for start in range(0, len(batch), batch_size):
         chunk = batch[start : start + batch_size]
-        probs = model(torch.stack([x for _, x in chunk]).to(device)).float().softmax(dim=-1)  # (B, K)
+        probs = probabilities(model, torch.stack([x for _, x in chunk]))
         values, indices = probs.topk(k, dim=-1)
         for (pred, _), v, i in zip(chunk, values.tolist(), indices.tolist()):
             pred.top = [(names[c], p) for c, p in zip(i, v)]

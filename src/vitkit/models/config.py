@@ -11,11 +11,13 @@ from typing import Any, Literal, Mapping
 from ..data.preprocessing import HasDataConfig
 
 Pool = Literal["token", "gap"]
+PosEmbed = Literal["learn", "sincos"]
 
 # Limits that keep a config read from an untrusted file from allocating absurd amounts of memory.
 _MAX_WIDTH = 16384
 _MAX_DEPTH = 256
 _MAX_TOKENS = 1 << 20
+_MAX_REGISTERS = 256
 
 
 def check_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
@@ -41,6 +43,12 @@ class ViTConfig(HasDataConfig):
     ResNet stem only, ``(3, 4, 9)`` the R50 used with ViT-B/16. For a hybrid, `patch_size` is the
     patch size on the backbone's feature map (1 in the paper's hybrids).
     `mean`, `std`, `crop_pct` and `interpolation` record the preprocessing the weights expect.
+
+    The options of the paper's descendants, each off by default: `fc_norm` (the final LayerNorm after
+    pooling instead of on every token: MAE, timm's global_pool='avg'), `reg_tokens` (K register tokens,
+    Darcet et al. 2024), `no_embed_class` (position embeddings on the patches only: DeiT III, DINOv2 with
+    registers), `init_values` (LayerScale, Touvron et al. 2021), `distilled` (DeiT's distillation token and
+    head) and `pos_embed='sincos'` (fixed 2-D sin-cos position embeddings: MAE, "simple ViT").
     """
 
     img_size: tuple[int, int] = (224, 224)
@@ -68,6 +76,12 @@ class ViTConfig(HasDataConfig):
     interpolation: str = "bicubic"
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    fc_norm: bool = False
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    init_values: float | None = None
+    distilled: bool = False
+    pos_embed: PosEmbed = "learn"
 
     def __post_init__(self) -> None:
         self.img_size = to_2tuple(self.img_size)
@@ -99,7 +113,13 @@ class ViTConfig(HasDataConfig):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token)
+        """Tokens before the patches: the class token, the distillation token, the registers, in that order."""
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
+    def pos_prefix_tokens(self) -> int:
+        """Prefix tokens that have a position embedding of their own (none with no_embed_class or sin-cos)."""
+        return 0 if self.no_embed_class or self.pos_embed == "sincos" else self.num_prefix_tokens
 
     @property
     def num_features(self) -> int:
@@ -133,6 +153,7 @@ class ViTConfig(HasDataConfig):
         for key in ("dropout", "attn_dropout", "drop_path", "patch_drop"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        self._validate_descendants(bad)
         if max(self.embed_dim, self.mlp_dim, self.representation_size or 0) > _MAX_WIDTH:
             bad(f"width over {_MAX_WIDTH} (embed_dim={self.embed_dim}, mlp_dim={self.mlp_dim})")
         if self.depth > _MAX_DEPTH:
@@ -146,6 +167,26 @@ class ViTConfig(HasDataConfig):
         for size in self.img_size:
             if size % self.stride:
                 bad(f"img_size={self.img_size} is not divisible by the patch stride {self.stride}")
+
+    def _validate_descendants(self, bad: Any) -> None:
+        if isinstance(self.reg_tokens, bool) or not isinstance(self.reg_tokens, int):
+            bad(f"reg_tokens must be an integer, got {self.reg_tokens!r}")
+        if not 0 <= self.reg_tokens <= _MAX_REGISTERS:
+            bad(f"reg_tokens must be in [0, {_MAX_REGISTERS}], got {self.reg_tokens}")
+        if self.init_values is not None and not self.init_values > 0:
+            bad(f"init_values (LayerScale) must be positive or None, got {self.init_values!r}")
+        if self.pos_embed not in ("learn", "sincos"):
+            bad(f"pos_embed must be 'learn' or 'sincos', got {self.pos_embed!r}")
+        if self.pos_embed == "sincos" and self.embed_dim % 4:
+            bad(f"pos_embed='sincos' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.distilled:
+            # DeiT's two heads read the class and distillation tokens themselves
+            clashes = [(not self.class_token, "class_token=False"), (self.pool != "token", f"pool={self.pool!r}"),
+                       (self.reg_tokens > 0, "reg_tokens"), (self.fc_norm, "fc_norm"),
+                       (bool(self.representation_size), "representation_size")]  # fmt: skip
+            named = [what for clash, what in clashes if clash]
+            if named:
+                bad(f"distilled=True (DeiT's two heads on the class and distillation tokens) excludes {', '.join(named)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

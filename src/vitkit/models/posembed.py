@@ -63,3 +63,16 @@ def resample_pos_embed(
     grid = F.interpolate(grid, size=new_grid, **_INTERPOLATE_ARGS[method])
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos.dtype)  # (1, h'*w', D)
     return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_pos_embed(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings of a row-major (gh, gw) grid, MAE's layout:
+    [sin(c ω), cos(c ω), sin(r ω), cos(r ω)] for column c and row r, ω_k = temperature^(-k / (dim/4)).
+    -> (1, gh*gw, dim), computed in float64 as MAE's numpy code does."""
+    omega = temperature ** -(torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij"
+    )
+    by_col, by_row = cols.flatten().outer(omega), rows.flatten().outer(omega)  # (N, dim/4) each
+    table = torch.cat([by_col.sin(), by_col.cos(), by_row.sin(), by_row.cos()], dim=1)
+    return table.float().unsqueeze(0)

@@ -119,6 +119,32 @@ def _build_table() -> dict[str, dict[str, Any]]:
 
 MODELS: dict[str, dict[str, Any]] = _build_table()
 
+# ---- The paper's descendants, under timm's names (docs/checkpoints.md) ------------------------------------
+_IMAGENET: dict[str, Any] = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_DEIT: dict[str, Any] = dict(patch_size=16, img_size=224, crop_pct=0.9, **_IMAGENET)
+# DINOv2 is pretrained at 518 px (37 x 37 patches of 14) and published without a classifier
+_DINOV2: dict[str, Any] = dict(patch_size=14, img_size=518, init_values=1e-5, crop_pct=1.0, num_classes=0, **_IMAGENET)
+DESCENDANTS: dict[str, dict[str, Any]] = {
+    **{f"deit_{w}_patch16_224": dict(WIDTHS[w], **_DEIT) for w in ("tiny", "small", "base")},
+    **{f"deit_{w}_distilled_patch16_224": dict(WIDTHS[w], distilled=True, **_DEIT) for w in ("tiny", "small", "base")},
+    **{f"deit3_{w}_patch16_224": dict(WIDTHS[w], no_embed_class=True, init_values=1e-6, **_DEIT)
+       for w in ("small", "base", "large")},
+    **{f"vit_{w}_patch14_dinov2": dict(WIDTHS[w], **_DINOV2) for w in ("small", "base", "large")},
+    # the registers have no position embedding; timm folds the class token's into the token itself
+    **{f"vit_{w}_patch14_reg4_dinov2": dict(WIDTHS[w], reg_tokens=4, no_embed_class=True, **_DINOV2)
+       for w in ("small", "base", "large")},
+}  # fmt: skip
+MODELS.update(DESCENDANTS)
+PRETRAINED_TAGS.update({name: "lvd142m" if name.endswith("dinov2") else "fb_in1k" for name in DESCENDANTS})
+# Self-supervised weights of the paper's architectures, as timm tags them: no classifier, ImageNet statistics.
+TAGGED: dict[str, dict[str, Any]] = {
+    name: dict(num_classes=0, **_IMAGENET)
+    for name in (
+        "vit_base_patch16_224.mae", "vit_large_patch16_224.mae", "vit_huge_patch14_224.mae",
+        "vit_small_patch16_224.dino", "vit_base_patch16_224.dino",
+    )
+}  # fmt: skip
+
 # The paper's names (section 4.1), at the pretraining resolution.
 ALIASES: dict[str, str] = {
     **{
@@ -156,9 +182,10 @@ def resolve_name(name: str) -> str:
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     """The config registered under `name` (or its alias), with `overrides` applied: a ViTConfig, or a
-    ResNetConfig for the BiT ResNets."""
+    ResNetConfig for the BiT ResNets. A timm tag of self-supervised weights ('vit_base_patch16_224.mae')
+    sets the class count and statistics they imply."""
     registry_name = resolve_name(name)
     if registry_name in RESNET_MODELS:
         return ResNetConfig.from_dict({**RESNET_MODELS[registry_name], "name": registry_name, **overrides})
-    fields = {**MODELS[registry_name], "name": registry_name}
+    fields = {**MODELS[registry_name], **TAGGED.get(name, {}), "name": registry_name}
     return ViTConfig.from_dict({**fields, **overrides})

@@ -21,7 +21,7 @@ from torch import nn
 from .attention import attention_weights, recomputed_attention
 from .config import ViTConfig
 from .init import lecun_normal_
-from .posembed import resample_pos_embed
+from .posembed import resample_pos_embed, sincos_pos_embed
 
 
 class PatchEmbed(nn.Module):
@@ -148,30 +148,51 @@ class PatchDropout(nn.Module):
         return f"p={self.p}"
 
 
+class LayerScale(nn.Module):
+    """diag(γ) on a residual branch (CaiT, Touvron et al. 2021), γ initialised to `init_values`.
+    (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), init_values))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """One pre-LN encoder layer, equations 2 and 3. (B, T, D) -> (B, T, D)."""
+    """One pre-LN encoder layer, equations 2 and 3 (each branch scaled by LayerScale when
+    cfg.init_values is set). (B, T, D) -> (B, T, D)."""
 
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim, cfg.dropout)
+        D = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.attn = Attention(D, cfg.num_heads, cfg.qkv_bias, cfg.attn_dropout, cfg.dropout)
+        self.ls1 = LayerScale(D, cfg.init_values) if cfg.init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.mlp = Mlp(D, cfg.mlp_dim, cfg.dropout)
+        self.ls2 = LayerScale(D, cfg.init_values) if cfg.init_values else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))  # (2)
-        return x + self.drop_path(self.mlp(self.norm2(x)))  # (3)
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))  # (2)
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))  # (3)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As forward, also returning the attention weights (B, heads, T, T)."""
         y, weights = self.attn.forward_with_weights(self.norm1(x))
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x))), weights
+        x = x + self.drop_path(self.ls1(y))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x)))), weights
 
 
 class VisionTransformer(nn.Module):
-    """ViT (and the hybrid, when `cfg.backbone_layers` is set). x: (B, C, H, W) -> logits (B, classes)."""
+    """ViT (and the hybrid, when `cfg.backbone_layers` is set). x: (B, C, H, W) -> logits (B, classes).
+
+    A distilled model (DeiT) returns the mean of its two heads' logits in eval mode, and both,
+    (class-token logits, distillation-token logits), in training mode.
+    """
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -184,13 +205,20 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_prefix_tokens + math.prod(cfg.grid_size), D))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
+        if cfg.pos_embed == "sincos":  # a function of the grid, not a weight: kept out of state dicts
+            self.register_buffer("pos_embed", sincos_pos_embed(cfg.grid_size, D), persistent=False)
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_prefix_tokens + math.prod(cfg.grid_size), D))
         self.pos_drop = nn.Dropout(cfg.dropout)
         self.patch_drop = PatchDropout(cfg.patch_drop, cfg.num_prefix_tokens)
         # stochastic depth grows linearly with depth (DeiT), 0 at the first layer
         drop_rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, p) for p in drop_rates])
-        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+        # fc_norm moves the final LayerNorm after pooling (timm's names: `norm` on tokens, `fc_norm` after)
+        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
         self.pre_logits = (
             nn.Sequential(OrderedDict(fc=nn.Linear(D, cfg.representation_size), act=nn.Tanh()))
             if cfg.representation_size
@@ -198,13 +226,15 @@ class VisionTransformer(nn.Module):
         )
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.distilled and cfg.num_classes else None
         self.init_weights()
 
     # ---- initialisation, as google-research/vision_transformer --------------------------
     @torch.no_grad()
     def init_weights(self) -> None:
         """Dense kernels xavier-uniform, MLP biases N(0, 1e-6), other biases 0, E_pos N(0, 0.02),
-        class token and head 0; the patch embedding initialises itself."""
+        class token and head 0; the patch embedding initialises itself. The descendants' tokens as timm:
+        registers N(0, 1e-6), the distillation token N(0, 0.02); LayerScale γ = init_values."""
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 if name.endswith("attn.qkv"):
@@ -221,10 +251,17 @@ class VisionTransformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, LayerScale):
+                nn.init.constant_(module.gamma, module.init_values)
         self.patch_embed.init_weights()
-        nn.init.normal_(self.pos_embed, std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
+        if self.reg_token is not None:  # distinct registers: identical ones would stay identical
+            nn.init.normal_(self.reg_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
         self.reset_head()
 
     @torch.no_grad()
@@ -235,9 +272,12 @@ class VisionTransformer(nn.Module):
             cfg.num_classes = num_classes
             device = self.pos_embed.device
             self.head = nn.Linear(cfg.num_features, num_classes, device=device) if num_classes else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            if cfg.distilled:
+                self.head_dist = nn.Linear(cfg.embed_dim, num_classes, device=device) if num_classes else None
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def set_patch_drop(self, p: float) -> None:
         """The fraction of patch tokens that training drops from now on (0: keep all)."""
@@ -264,18 +304,30 @@ class VisionTransformer(nn.Module):
                 f"resize it, or build the model with dynamic_img_size=True"
             )
 
+    def _position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """E_pos for a (gh, gw) grid: (1, pos_prefix + gh*gw, D)."""
+        cfg = self.config
+        if grid == cfg.grid_size:
+            return self.pos_embed
+        if cfg.pos_embed == "sincos":  # dynamic_img_size: the fixed table of the new grid
+            return sincos_pos_embed(grid, cfg.embed_dim).to(self.pos_embed)
+        return resample_pos_embed(self.pos_embed, grid, cfg.pos_prefix_tokens, cfg.grid_size)  # as timm does
+
+    def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """The learned tokens before the patches, each (B, n, D): class, distillation, registers."""
+        tokens = [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        return [t.expand(batch, -1, -1) for t in tokens]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Equation 1: (B, C, H, W) -> z0 (B, prefix + N, D), after the embedding dropout."""
         self._check_input(x)
         x = self.patch_embed(x)  # (B, D, H/P, W/P)
-        grid = tuple(x.shape[-2:])
+        pos = self._position_embedding(tuple(x.shape[-2:]))
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        pos = self.pos_embed
-        if grid != self.config.grid_size:  # dynamic_img_size: resample the learned grid, as timm does
-            pos = resample_pos_embed(pos, grid, self.config.num_prefix_tokens, self.config.grid_size)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.pos_drop(x + pos)
+        prefix = self.prefix_tokens(x.shape[0])
+        if self.config.pos_prefix_tokens:  # the paper: E_pos covers the class token too
+            return self.pos_drop(torch.cat([*prefix, x], dim=1) + pos)
+        return self.pos_drop(torch.cat([*prefix, x + pos], dim=1))
 
     # ---- forward passes --------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,17 +335,33 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(self.patch_drop(self.embed(x))))
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, prefix + N, D) -> (B, D): the class token, or the mean of the patch tokens ('gap')."""
+        """(B, prefix + N, D) -> (B, D): the class token, or the mean of the patch tokens ('gap'),
+        then fc_norm if the config has it."""
         if self.config.pool == "token":
-            return tokens[:, 0]
-        return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+            return self.fc_norm(tokens[:, 0])
+        return self.fc_norm(tokens[:, self.config.num_prefix_tokens :].mean(dim=1))
 
-    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, prefix + N, D) -> logits (B, classes), or the representation (B, F) with pre_logits."""
+    def forward_head(
+        self, tokens: torch.Tensor, pre_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, prefix + N, D) -> logits (B, classes), or the representation (B, F) with pre_logits.
+        Distilled: the mean of the class and distillation tokens' representations or logits, or in
+        training mode both logits."""
+        if self.config.distilled:
+            return self._distilled_head(tokens, pre_logits)
         x = self.pre_logits(self.pool(tokens))
         return x if pre_logits else self.head(self.head_drop(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _distilled_head(
+        self, tokens: torch.Tensor, pre_logits: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x, x_dist = self.head_drop(tokens[:, 0]), self.head_drop(tokens[:, 1])
+        if pre_logits or self.head_dist is None:
+            return (x + x_dist) / 2
+        logits, logits_dist = self.head(x), self.head_dist(x_dist)
+        return (logits, logits_dist) if self.training else (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
 
     def _layer_indices(self, layers: int | Sequence[int] | None) -> list[int]:

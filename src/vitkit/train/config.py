@@ -16,7 +16,7 @@ from ..precision import Precision
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
 
 
-DATASETS_HELP = "fashion_mnist, mnist5k, digits, imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+DATASETS_HELP = "fashion_mnist, mnist5k, digits, imagefolder:PATH, cifar10:PATH, cifar100:PATH, wds:DIR_OR_URL or hf:NAME"
 
 
 @dataclass

@@ -28,18 +28,13 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
 from tqdm import tqdm
 
 from .. import create_model
 from ..checkpoints.io import atomic_write, save
 from ..checkpoints.load import load_checkpoint
-from ..data import (
-    DataSource, ResumableSampler, SeededTransform, batch_mix, load_data, make_loader, mix_seed, per_channel,
-    train_transform,
-)  # fmt: skip
-from ..data.batched import batched_training_data
-from ..data.preprocessing import DataConfig
+from ..data import DataSource, batch_mix, load_data, mix_seed, per_channel
+from ..data.streaming import StreamedSplit, first
 from ..data.subsets import split_subset
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
@@ -48,6 +43,7 @@ from ..precision import autocast
 from . import distributed
 from .config import TrainConfig, with_defaults
 from .ema import ModelEMA
+from .feed import build_feed
 from .optim import build_optimizer
 from .recipes import Recipe
 from .resume import checkpoints, newest_intact, remove_partial_writes, write_checkpoint
@@ -134,20 +130,6 @@ def _resolve(cfg: TrainConfig, procs: distributed.Processes) -> TrainConfig:
     return cfg
 
 
-def _limit(dataset: torch.utils.data.Dataset, n: int | None) -> torch.utils.data.Dataset:
-    return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
-
-
-def _splits(cfg: TrainConfig, data: DataSource) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-    """(training images, images evaluated during training): the test split, or the held-out part of the
-    training images when the run holds some out."""
-    train, evaluated = data.train, data.test
-    if cfg.subset or cfg.holdout:
-        train, held_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
-        evaluated = held_out if held_out is not None else evaluated
-    return _limit(train, cfg.limit_train), _limit(evaluated, cfg.limit_eval)
-
-
 def _build_model(cfg: TrainConfig, data: DataSource) -> nn.Module:
     recipe = cfg.recipe
     base = get_config(cfg.model)
@@ -169,35 +151,14 @@ def _build_model(cfg: TrainConfig, data: DataSource) -> nn.Module:
     return create_model(cfg.model, **overrides)
 
 
-def _workers(cfg: TrainConfig, procs: distributed.Processes, batched: bool = False) -> int:
-    """Loading processes: a core's worth of per-image transforms, or none for batched ones on 2 cores
-    (their few ms a batch cost less than a worker's competition with the training threads)."""
-    if cfg.workers is not None:
-        return cfg.workers
-    spare = (os.cpu_count() or 2) // procs.world_size - (2 if batched else 1)
-    return max(0 if batched else 1, min(8, spare))
-
-
-def _training_data(
-    train_set: torch.utils.data.Dataset, data_cfg: DataConfig, data: DataSource, cfg: TrainConfig
-) -> tuple[torch.utils.data.Dataset, Any]:
-    """(dataset, collate) of the training images: crops and flips of in-memory images on whole batches
-    where the recipe asks for no more (vitkit.data.batched), else the per-image v2 transforms."""
-    recipe = cfg.recipe
-    hflip = recipe.hflip and data.hflip
-    if recipe.randaugment is None and recipe.random_erasing == 0 and recipe.crop_padding is None:
-        batched = batched_training_data(train_set, data_cfg, data.channels, recipe.crop_scale, hflip, cfg.seed)
-        if batched is not None:
-            return batched
-    transform = train_transform(
-        data_cfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing,
-        recipe.crop_padding,
-    )
-    return SeededTransform(train_set, transform, seed=cfg.seed), None
-
-
-def _loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy against class indices (B,) or soft labels (B, K) from Mixup/CutMix."""
+def _loss(
+    logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Cross-entropy against class indices (B,) or soft labels (B, K) from Mixup/CutMix. A distilled model
+    (DeiT) returns the logits of both heads in training; vitkit has no teacher, so both learn the label
+    and the loss is their mean (DeiT's hard distillation would give the second head the teacher's class)."""
+    if isinstance(logits, tuple):
+        return sum(_loss(head, target, label_smoothing) for head in logits) / len(logits)
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
@@ -264,7 +225,7 @@ def fit(cfg: TrainConfig) -> TrainResult:
 
 def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     cfg = _resolve(cfg, procs)
-    data = load_data(cfg.data, cfg.data_root)
+    data, eval_name = _held_out(cfg, load_data(cfg.data, cfg.data_root))
     recipe, device, main = cfg.recipe, procs.device, procs.is_main
     say = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
     out = Path(cfg.out)
@@ -290,29 +251,15 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     if cfg.fsdp:
         distributed.shard(model)  # before the optimiser is built: it holds this process's shards
 
-    if recipe.batch_size % procs.world_size:
-        raise ValueError(f"batch_size {recipe.batch_size} is not divisible by the {procs.world_size} processes")
-    per_rank = recipe.batch_size // procs.world_size
-    micro = cfg.micro_batch or per_rank
-    if per_rank % micro:
-        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
-    accum = per_rank // micro
-
-    train_set, eval_set = _splits(cfg, data)
-    eval_name = "held-out" if cfg.holdout else "test"
-    train_data, collate = _training_data(train_set, data_cfg, data, cfg)
-    sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
-    workers = _workers(cfg, procs, batched=collate is not None)
-    loader = make_loader(train_data, micro, sampler, workers, drop_last=True, pin_memory=device.type == "cuda",
-                         collate=collate)  # fmt: skip
-    steps_per_epoch = sampler.num_samples // per_rank
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(train_set)} training images")
+    micro, accum = _micro_batches(cfg, procs)
+    feed = build_feed(data, data_cfg, cfg, procs, micro, accum, _saved_workers(cfg))
+    steps_per_epoch = feed.steps_per_epoch
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
     total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
-    eval_images = eval_loader(eval_set, data_cfg, data.channels, batch_size=256, workers=workers)
+    test_loader = eval_loader(first(data.split("test"), cfg.limit_eval), data_cfg, data.channels, batch_size=256,
+                              workers=feed.workers)  # fmt: skip
 
     optimizer = build_optimizer(model, recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -321,32 +268,20 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
 
     # ---- resume ----------------------------------------------------------------------------
     step, best_top1, elapsed, skipped_steps = 0, None, 0.0, 0
-    resumed = None
-    if cfg.resume:
-        if main:
-            remove_partial_writes(out)
-        procs.barrier()
-        resumed = newest_intact(out)
-        if resumed is None:
-            say(f"{out} has no checkpoint yet: starting from the beginning")
+    resumed = _newest_checkpoint(cfg, procs) if cfg.resume else None
+    if cfg.resume and resumed is None:
+        say(f"{out} has no checkpoint yet: starting from the beginning")
     if resumed is not None:
-        state = resumed.state
-        distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        if state["total_steps"] != total_steps:
-            was = state["total_steps"]
-            raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
+        state = _restore(resumed, model, optimizer, scaler, ema, total_steps)
         step, best_top1, elapsed = state["step"], state["best_top1"], state["elapsed"]
         skipped_steps = state.get("skipped_steps", 0)
         say(f"resuming {out} at step {step} of {total_steps} from {resumed.path}")
     if main:
         _write_config(cfg, model, data, {"derived": {
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
-            "micro_batch": micro, "world_size": procs.world_size, "workers": workers,
-            "augmentation": "per-image" if collate is None else "batched",
-            "train_images": len(train_set), "eval_images": len(eval_set), "eval_split": eval_name,
+            "micro_batch": micro, "world_size": procs.world_size, "workers": feed.workers,
+            "augmentation": feed.augmentation, "train_images": feed.images, "eval_images": len(test_loader.dataset),
+            "eval_split": eval_name,
         }})  # fmt: skip
     procs.barrier()
 
@@ -389,7 +324,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         sharded = distributed.is_sharded(model)
         if main or sharded:  # a sharded model's forward pass needs every process
             started = time.time()
-            last_eval = evaluate(eval_model(), eval_images, len(data.classes), device, cfg.precision)
+            last_eval = evaluate(eval_model(), test_loader, len(data.classes), device, cfg.precision)
             seconds = time.time() - started
             improved = best_top1 is None or last_eval.top1 > best_top1
             if sharded:  # every process gathers the weights to save, or none
@@ -418,9 +353,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     try:
         while step < total_steps:
             epoch, position = divmod(step, steps_per_epoch)
-            sampler.set_position(epoch, position * per_rank)
-            train_data.set_epoch(epoch)
-            batches = iter(loader)
+            batches = feed.epoch(epoch, position)
             for _ in range(position, min(steps_per_epoch, position + total_steps - step)):
                 started = time.time()
                 lr = recipe.lr * lr_factor(step, total_steps, recipe.warmup, recipe.decay)
@@ -472,7 +405,64 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         signals.restore()
         bar.close()
         log.close()
-    return TrainResult(out, step, final, last_eval, best_top1, len(data.skipped_files()), skipped_steps, eval_name)
+    skipped_images = len(data.skipped_files()) + feed.skipped(procs)
+    return TrainResult(out, step, final, last_eval, best_top1, skipped_images, skipped_steps, eval_name)
+
+
+def _held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
+    """`data` with the run's nested subset (--subset) as its training split and, with --holdout, the held-out
+    part of it in place of the test split, which is then left alone; and the name of the split evaluated."""
+    if not (cfg.subset or cfg.holdout):
+        return data, "test"
+    if isinstance(data.split("train"), StreamedSplit):
+        raise ValueError("--subset and --holdout need a dataset held or indexed locally, not a stream")
+    train, held_out = split_subset(data.split("train"), len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+    if held_out is None:
+        return dataclasses.replace(data, train=train), "test"
+    return dataclasses.replace(data, train=train, test=held_out), "held-out"
+
+
+def _micro_batches(cfg: TrainConfig, procs: distributed.Processes) -> tuple[int, int]:
+    """(images per forward pass and process, forward passes per step) that make up the global batch."""
+    batch = cfg.recipe.batch_size
+    if batch % procs.world_size:
+        raise ValueError(f"batch_size {batch} is not divisible by the {procs.world_size} processes")
+    per_rank = batch // procs.world_size
+    micro = cfg.micro_batch or per_rank
+    if per_rank % micro:
+        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
+    return micro, per_rank // micro
+
+
+def _newest_checkpoint(cfg: TrainConfig, procs: distributed.Processes) -> Any:
+    """The newest intact checkpoint of the run in cfg.out (None if there is none), once rank 0 has removed
+    the partial writes of an interrupted one."""
+    if procs.is_main:
+        remove_partial_writes(Path(cfg.out))
+    procs.barrier()
+    return newest_intact(Path(cfg.out))
+
+
+def _restore(resumed: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             ema: ModelEMA | None, total_steps: int) -> dict[str, Any]:  # fmt: skip
+    """Load a checkpoint's weights, optimiser, scaler and EMA; its state (step, best_top1, elapsed, ...)."""
+    state = resumed.state
+    if state["total_steps"] != total_steps:
+        was = state["total_steps"]
+        raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
+    distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"])
+    return state
+
+
+def _saved_workers(cfg: TrainConfig) -> int | None:
+    """The loader workers of the run being resumed, as its config.yaml records them."""
+    path = Path(cfg.out) / "config.yaml"
+    if not (cfg.resume and path.is_file()):
+        return None
+    return yaml.safe_load(path.read_text()).get("derived", {}).get("workers")
 
 
 def _stop_requested(signals: StopSignals, procs: distributed.Processes) -> bool:

@@ -8,7 +8,7 @@ from torch import nn
 from .recipes import Recipe
 
 # Like big_vision, decay only weight matrices and kernels: not biases, norms, or the learned embeddings.
-_NO_DECAY = ("pos_embed", "cls_token")
+_NO_DECAY = ("pos_embed", "cls_token", "dist_token", "reg_token")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

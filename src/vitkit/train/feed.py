@@ -1,0 +1,119 @@
+"""The training images of one process: a loader that starts any epoch at any step.
+
+Two kinds, one interface: a dataset held or indexed locally (a seeded sampler over indices, each
+image's augmentation seeded by (seed, epoch, index): vitkit.data.loader), or a streamed one (shards or
+Hugging Face, read in the order of vitkit.data.streaming). Either way the micro-batches of step s
+are a function of (seed, s) and the run's shape, so a resumed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import DataSource, ResumableSampler, SeededTransform, make_loader, train_transform
+from ..data.batched import batched_training_data
+from ..data.preprocessing import DataConfig
+from ..data.loader import _leave_signals_to_the_trainer
+from ..data.streaming import StreamedSplit, first
+from . import distributed
+from .config import TrainConfig
+
+
+@dataclass
+class Feed:
+    """Micro-batches (images (b, C, H, W), labels (b,)) of this process, `per_step` of them a step."""
+
+    loader: DataLoader
+    positioned: Any  # ResumableSampler or StreamedSplit: what set_position moves
+    per_step: int  # micro-batches per optimiser step (gradient accumulation)
+    steps_per_epoch: int
+    workers: int
+    augmentation: str
+    images: int  # in the training split (after --limit-train)
+
+    def epoch(self, epoch: int, step: int) -> Iterator[Any]:
+        """The micro-batches of `epoch` from its `step`-th step on."""
+        if isinstance(self.positioned, StreamedSplit):
+            self.positioned.set_position(epoch, step * self.per_step)
+        else:
+            self.positioned.set_position(epoch, step * self.per_step * self.loader.batch_size)
+            self.loader.dataset.set_epoch(epoch)
+        return iter(self.loader)
+
+    def skipped(self, procs: distributed.Processes) -> int:
+        """Samples of a stream that could not be read or decoded, over all processes."""
+        if not isinstance(self.positioned, StreamedSplit):
+            return 0
+        return round(procs.mean(torch.tensor(float(self.positioned.skipped_samples))).item() * procs.world_size)
+
+
+def loader_workers(cfg: TrainConfig, procs: distributed.Processes, batched: bool = False) -> int:
+    """Loading processes: a core's worth of per-image transforms, or none for batched ones on 2 cores
+    (their few ms a batch cost less than a worker's competition with the training threads)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    spare = (os.cpu_count() or 2) // procs.world_size - (2 if batched else 1)
+    return max(0 if batched else 1, min(8, spare))
+
+
+def _transform(data_cfg: DataConfig, data: DataSource, cfg: TrainConfig) -> Any:
+    recipe = cfg.recipe
+    hflip = recipe.hflip and data.hflip
+    return train_transform(
+        data_cfg, data.channels, recipe.crop_scale, hflip, recipe.randaugment, recipe.random_erasing,
+        recipe.crop_padding,
+    )
+
+
+def _indexed_feed(train_set: Any, data_cfg: DataConfig, data: DataSource, cfg: TrainConfig,
+                  procs: distributed.Processes, micro: int, per_step: int) -> Feed:  # fmt: skip
+    """Crops and flips of in-memory images on whole batches where the recipe asks for no more
+    (vitkit.data.batched), else the per-image v2 transforms."""
+    recipe, collate, dataset = cfg.recipe, None, None
+    if recipe.randaugment is None and recipe.random_erasing == 0 and recipe.crop_padding is None:
+        batched = batched_training_data(train_set, data_cfg, data.channels, recipe.crop_scale,
+                                        recipe.hflip and data.hflip, cfg.seed)  # fmt: skip
+        if batched is not None:
+            dataset, collate = batched
+    if dataset is None:
+        dataset = SeededTransform(train_set, _transform(data_cfg, data, cfg), seed=cfg.seed)
+    sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
+    workers = loader_workers(cfg, procs, batched=collate is not None)
+    loader = make_loader(dataset, micro, sampler, workers, drop_last=True, pin_memory=procs.device.type == "cuda",
+                         collate=collate)  # fmt: skip
+    steps = sampler.num_samples // (micro * per_step)
+    augmentation = "per-image" if collate is None else "batched"
+    return Feed(loader, sampler, per_step, steps, workers, augmentation, len(train_set))
+
+
+def _streamed_feed(train_set: StreamedSplit, data_cfg: DataConfig, data: DataSource, cfg: TrainConfig,
+                   procs: distributed.Processes, micro: int, per_step: int, workers: int) -> Feed:  # fmt: skip
+    """The stream of vitkit.data.streaming, one stream per loader worker."""
+    stream = train_set.configured(
+        _transform(data_cfg, data, cfg), seed=cfg.seed, world_size=procs.world_size, rank=procs.rank,
+        streams=max(1, workers), batch=micro, train=True,
+    )  # fmt: skip
+    loader = DataLoader(stream, batch_size=micro, num_workers=workers, pin_memory=procs.device.type == "cuda",
+                        worker_init_fn=_leave_signals_to_the_trainer)  # fmt: skip
+    steps = len(stream) // (micro * per_step)
+    return Feed(loader, stream, per_step, steps, workers, "streamed", sum(train_set.counts))
+
+
+def build_feed(data: DataSource, data_cfg: DataConfig, cfg: TrainConfig, procs: distributed.Processes, micro: int,
+               per_step: int, saved_workers: int | None = None) -> Feed:  # fmt: skip
+    """The training feed of this process; `saved_workers`: a resumed streamed run keeps its worker count,
+    since the order of its samples depends on it."""
+    train_set = first(data.split("train"), cfg.limit_train)
+    if isinstance(train_set, StreamedSplit):
+        workers = saved_workers if saved_workers is not None else loader_workers(cfg, procs)
+        feed = _streamed_feed(train_set, data_cfg, data, cfg, procs, micro, per_step, workers)
+    else:
+        feed = _indexed_feed(train_set, data_cfg, data, cfg, procs, micro, per_step)
+    if feed.steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.recipe.batch_size} is larger than the {feed.images} training images")
+    return feed

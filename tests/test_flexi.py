@@ -1,0 +1,72 @@
+"""FlexiViT patch-size resampling (Beyer et al. 2023): the kernel against timm's `resample_patch_embed`,
+a checkpoint loaded at another patch size against timm's own loader, `vitkit train --init-from
+--patch-size`, and a Fashion-MNIST model that keeps most of its accuracy at patch sizes 2 and 7."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import resample_patch_embed as timm_resample_patch_embed
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+import vitkit
+from vitkit.data import load_data
+from vitkit.data.datasets import DEBIAN_FASHION_MNIST
+from vitkit.models.flexi import resample_patch_embed
+from vitkit.train import fit, make_config
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
+)
+
+
+@pytest.mark.parametrize("old, new", [(16, 8), (16, 24), (4, 2), (4, 7), (14, 16), (8, (4, 12))])
+def test_patch_kernel_resampling_equals_timms(old, new):
+    weight = torch.randn(6, 3, old, old, generator=torch.Generator().manual_seed(0))
+    size = (new, new) if isinstance(new, int) else new
+    torch.testing.assert_close(resample_patch_embed(weight, new), timm_resample_patch_embed(weight, list(size)),
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_upsampled_kernel_gives_the_same_token_for_the_upsampled_patch():
+    """FlexiViT's defining property, exact when the patch grows: <x, w> = <resize(x), ŵ>."""
+    w, x = torch.randn(5, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    bigger = torch.nn.functional.interpolate(x, size=(8, 8), mode="bicubic", antialias=True, align_corners=False)
+    w8 = resample_patch_embed(w, 8)
+    tokens, resized_tokens = torch.einsum("bchw,dchw->bd", x, w), torch.einsum("bchw,dchw->bd", bigger, w8)
+    torch.testing.assert_close(resized_tokens, tokens, atol=1e-5, rtol=1e-5)  # R in float32, as timm's
+
+
+def test_checkpoint_at_another_patch_size_matches_timms_loader(tmp_path):
+    """Patch 16 -> 8 at 64 px: the kernel is resampled and E_pos follows the new 8x8 grid, as timm's
+    checkpoint_filter_fn does when the patch size differs."""
+    g = torch.Generator().manual_seed(0)
+    peer = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=5)
+    with torch.no_grad():
+        for p in peer.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_file(peer.state_dict(), tmp_path / "p16.safetensors")
+    peer8 = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, depth=2, num_classes=5).eval()
+    peer8.load_state_dict(checkpoint_filter_fn(peer.state_dict(), peer8))
+    model = vitkit.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, depth=2, num_classes=5).eval()
+    report = vitkit.load_checkpoint(model, tmp_path / "p16.safetensors")
+    assert "FlexiViT" in str(report) and model.pos_embed.shape == (1, 1 + 64, 192)
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), peer8(x), atol=1e-4, rtol=0)
+
+
+@needs_fashion_mnist
+def test_train_init_from_with_another_patch_size_resamples_the_kernel(tmp_path):
+    source = vitkit.create_model("vit_test_patch4_16")
+    vitkit.save(source, tmp_path / "source.safetensors")
+    cfg = make_config({"steps": 1, "batch_size": 8, "lr": 1e-12},
+                      data="fashion_mnist", model="vit_test_patch4_16", limit_train=16, limit_eval=8,
+                      data_root=str(tmp_path / "data"), progress=False, workers=0, out=str(tmp_path / "run"),
+                      init_from=str(tmp_path / "source.safetensors"), patch_size=2)  # fmt: skip
+    tuned = vitkit.load(fit(cfg).checkpoint)
+    assert tuned.config.patch_size == 2 and tuned.pos_embed.shape == (1, 1 + 64, 32)
+    expected = resample_patch_embed(source.patch_embed.proj.weight.detach(), 2)
+    torch.testing.assert_close(tuned.patch_embed.proj.weight, expected, atol=1e-6, rtol=0)
