@@ -185,6 +185,60 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_predict)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .study import data_scale, format_summary
+    from .train import Interrupted
+
+    seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    try:
+        study = data_scale(
+            args.data, args.sizes, args.models.split(","), args.images_seen, seeds, args.out, args.holdout,
+            args.precision, _given(args, args.recipe_fields), args.data_root, args.device, args.workers, args.progress,
+            args.evaluations,
+        )  # fmt: skip
+    except Interrupted as e:
+        print(f"vitkit study: {e}; run the same command again to continue the study", file=sys.stderr)
+        return 128 + e.signum
+    print(json.dumps(study) if args.json else format_summary(study))
+    return 0
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    from .train import Recipe
+
+    p = sub.add_parser("study", help="studies made of many training runs")
+    kinds = p.add_subparsers(dest="study", required=True)
+    d = kinds.add_parser("data-scale", help="ViT, ResNet and hybrid trained on nested subsets of a dataset "
+                                            "(the paper's Figs. 3-5); study.json, study.csv, plots")  # fmt: skip
+    d.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, ...")
+    d.add_argument("--sizes", required=True, type=_int_list, help="training-set sizes, e.g. 1000,3000,10000")
+    d.add_argument("--models", default="vit,resnet,hybrid", help="families (vit, resnet, hybrid: the dataset's "
+                                                                 "default model of each) or registered names")  # fmt: skip
+    d.add_argument("--images-seen", required=True, type=int, help="training budget of every run, in images")
+    d.add_argument("--seeds", type=_int_list, default=[1], help="seeds per size: one number, or one per size")
+    d.add_argument("--out", required=True, help="the study's directory (a run directory per model, size and seed)")
+    d.add_argument("--holdout", type=float, default=0.1, help="fraction of each subset held out for early stopping")
+    d.add_argument("--evaluations", type=int, default=10, help="held-out evaluations (and checkpoints) per run")
+    d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    d.add_argument("--json", action="store_true", help='print one JSON object: {"runs": [...], "summary": [...], ...}')
+    d.add_argument("--data-root", help="where datasets are unpacked/downloaded")
+    d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    d.add_argument("--workers", type=int, help="data-loading processes per run")
+    d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    recipe = d.add_argument_group("recipe fields (override every family's recipe)")
+    # the study sets the run length; FLOPs are counted with every patch; nothing is fine-tuned
+    recipe_fields = _add_fields(recipe, Recipe, {}, skip=("epochs", "steps", "patch_drop", "patch_drop_until",
+                                                          "reset_head"))  # fmt: skip
+    d.set_defaults(func=_study, recipe_fields=recipe_fields)
+
+
 # Each subcommand registers itself here: a function that adds its parser and sets `func`.
 def _add_others(sub: argparse._SubParsersAction) -> None:
     """fewshot, analyze, export, bench, serve and shard: their parsers live beside their code."""
@@ -200,7 +254,7 @@ def _add_others(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_eval, _add_predict, _add_others, _add_convert,
+    _add_train, _add_eval, _add_predict, _add_others, _add_convert, _add_study,
 ]  # fmt: skip
 
 

@@ -18,29 +18,40 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.subsets import class_permutations
+
 BIAS_FEATURE = 100.0  # big_vision's BIAS_CONSTANT
 STD_EPS = 1e-5  # added to the std, as big_vision
 DEFAULT_L2 = 2.0**10
 DEFAULT_SHOTS = (1, 5, 10, 25)
 
 
-def extract_features(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen pre-logits representation of every (images, labels) batch of `loader`, computed on
-    the model's device. -> features (N, F) float32 and labels (N,) int64, on the CPU, in loader order.
-    """
+def representations(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen pre-logits representation and the logits of every (images, labels) batch of `loader`,
+    from one forward pass on the model's device. -> features (N, F) and logits (N, K) float32, labels
+    (N,) int64, on the CPU, in loader order."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    features, labels = [], []
+    features, logits, labels = [], [], []
     for images, targets in loader:
         with torch.inference_mode():
             tokens = model.forward_features(images.to(device))
             features.append(model.forward_head(tokens, pre_logits=True).float().cpu())
+            logits.append(model.forward_head(tokens).float().cpu())
         labels.append(torch.as_tensor(targets, dtype=torch.int64))
     model.train(was_training)
     if not features:
         raise ValueError("the loader yielded no images")
-    return torch.cat(features), torch.cat(labels)  # concatenated outside inference mode: ordinary tensors
+    return torch.cat(features), torch.cat(logits), torch.cat(labels)  # concatenated outside inference mode
+
+
+def extract_features(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen pre-logits representation of every (images, labels) batch of `loader`, computed on
+    the model's device. -> features (N, F) float32 and labels (N,) int64, on the CPU, in loader order.
+    """
+    features, _, labels = representations(model, loader)
+    return features, labels
 
 
 @dataclass
@@ -86,16 +97,6 @@ def ridge_readout(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float 
         lhs, rhs = z.T @ q, q.T @ targets
     w = (lhs / (eigs + l2)) @ rhs  # (F + 1, K)
     return LinearReadout(mean, std, w[:-1], BIAS_FEATURE * w[-1])
-
-
-def class_permutations(labels: torch.Tensor, num_classes: int, seed: int) -> list[torch.Tensor]:
-    """For each class, the indices of its examples in labels (N,) in a random order drawn from `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for c in range(num_classes):
-        idx = (labels == c).nonzero().flatten()
-        out.append(idx[torch.randperm(len(idx), generator=generator)])
-    return out
 
 
 @dataclass

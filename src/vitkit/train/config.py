@@ -45,6 +45,12 @@ class TrainConfig:
     skip_nonfinite: int = option(0, "skip up to N steps whose loss is NaN/inf (0: stop at the first)")
     log_every: int = option(10, "record training loss every N steps")
     limit_train: int | None = option(None, "use only the first N training images")
+    subset: int | None = option(None, "train on a class-balanced subset of N training images, nested across N "
+                                      "(vitkit.data.subsets)")
+    subset_seed: int = option(0, "seed of the subset's (and the held-out part's) draw")
+    holdout: float = option(0.0, "hold out this class-balanced fraction of the training images: evaluate on it "
+                                 "during training and keep the best as best.safetensors (the test split is left alone)")
+    eval_every: int | None = option(None, "evaluate every N steps (default: every epoch)")
     limit_eval: int | None = option(None, "evaluate on only the first N test images")
     data_root: str | None = option(None, "where datasets are unpacked/downloaded")
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
@@ -52,7 +58,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("patch_size", "in_chans", "micro_batch", "checkpoint_every", "keep_checkpoints", "log_every",
-                    "limit_train", "limit_eval")  # fmt: skip
+                    "limit_train", "limit_eval", "subset", "eval_every")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -61,6 +67,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout is a fraction of the training images, in [0, 1), got {self.holdout}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
 

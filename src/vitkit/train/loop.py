@@ -34,7 +34,8 @@ from .. import create_model
 from ..checkpoints.io import atomic_write, save
 from ..checkpoints.load import load_checkpoint
 from ..data import DataSource, batch_mix, load_data, mix_seed, per_channel
-from ..data.streaming import first
+from ..data.streaming import StreamedSplit, first
+from ..data.subsets import split_subset
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
 from ..models import get_config
@@ -99,12 +100,13 @@ class TrainResult:
     best_top1: float | None
     skipped_images: int
     skipped_steps: int = 0
+    evaluated: str = "test"  # the split evaluated during training: "test" or "held-out"
 
     def summary(self) -> str:
         lines = [f"run directory: {self.out_dir}", f"checkpoint: {self.checkpoint} (after {self.steps} steps)"]
         if self.evaluation is not None:
             ev = self.evaluation
-            lines.append(f"test accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
+            lines.append(f"{self.evaluated} accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
         if self.best_top1 is not None:
             lines.append(f"best top-1: {self.best_top1:.2%} ({self.out_dir / BEST})")
         lines.append(f"metrics: {self.out_dir / 'metrics.jsonl'}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
@@ -223,7 +225,7 @@ def fit(cfg: TrainConfig) -> TrainResult:
 
 def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     cfg = _resolve(cfg, procs)
-    data = load_data(cfg.data, cfg.data_root)
+    data, eval_name = _held_out(cfg, load_data(cfg.data, cfg.data_root))
     recipe, device, main = cfg.recipe, procs.device, procs.is_main
     say = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
     out = Path(cfg.out)
@@ -255,6 +257,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
     total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
+    eval_every = cfg.eval_every or steps_per_epoch
     test_loader = eval_loader(first(data.split("test"), cfg.limit_eval), data_cfg, data.channels, batch_size=256,
                               workers=feed.workers)  # fmt: skip
 
@@ -277,7 +280,8 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         _write_config(cfg, model, data, {"derived": {
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": feed.workers,
-            "augmentation": feed.augmentation, "train_images": feed.images, "test_images": len(test_loader.dataset),
+            "augmentation": feed.augmentation, "train_images": feed.images, "eval_images": len(test_loader.dataset),
+            "eval_split": eval_name,
         }})  # fmt: skip
     procs.barrier()
 
@@ -335,7 +339,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                     "eval_images_per_s": last_eval.n / max(seconds, 1e-9), "time_s": elapsed + time.time() - t0,
                 })  # fmt: skip
                 log.plot()
-                say(f"step {at}: test top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, "
+                say(f"step {at}: {eval_name} top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, "
                     f"loss {last_eval.loss:.4f}")  # fmt: skip
         procs.barrier()
 
@@ -378,7 +382,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                     log.write({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr,
                                "images_per_s": speed, "time_s": elapsed + time.time() - t0})  # fmt: skip
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
-                if step % steps_per_epoch == 0:
+                if step % eval_every == 0:
                     run_eval(step)
                     evaluated_at = step
                 checkpoint_due = step % cfg.checkpoint_every == 0 or step == total_steps
@@ -402,7 +406,20 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         bar.close()
         log.close()
     skipped_images = len(data.skipped_files()) + feed.skipped(procs)
-    return TrainResult(out, step, final, last_eval, best_top1, skipped_images, skipped_steps)
+    return TrainResult(out, step, final, last_eval, best_top1, skipped_images, skipped_steps, eval_name)
+
+
+def _held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
+    """`data` with the run's nested subset (--subset) as its training split and, with --holdout, the held-out
+    part of it in place of the test split, which is then left alone; and the name of the split evaluated."""
+    if not (cfg.subset or cfg.holdout):
+        return data, "test"
+    if isinstance(data.split("train"), StreamedSplit):
+        raise ValueError("--subset and --holdout need a dataset held or indexed locally, not a stream")
+    train, held_out = split_subset(data.split("train"), len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+    if held_out is None:
+        return dataclasses.replace(data, train=train), "test"
+    return dataclasses.replace(data, train=train, test=held_out), "held-out"
 
 
 def _micro_batches(cfg: TrainConfig, procs: distributed.Processes) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Training recipes: the paper's (Tables 3 and 4), DeiT's, and a CPU-sized one for Fashion-MNIST.
+"""Training recipes: the paper's (Tables 3 and 4), DeiT's, CPU-sized ones for Fashion-MNIST, and one
+from-scratch recipe per model family for small data (the data-scale study, vitkit.study).
 
 A recipe is data: one `Recipe` row per name. Every field can be overridden (on the command line as
 --field-name), and a YAML file of fields can stand in for a name.
@@ -145,7 +146,31 @@ RECIPES: dict[str, Recipe] = {
         optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=80, warmup=0.05, decay="cosine",
         clip_grad=1.0, label_smoothing=0.1, patch_drop=0.5, patch_drop_until=0.8, crop_scale=(0.85, 1.0),
     ),
+    # From scratch on small data, one recipe per family (vitkit.study; docs/study.md). All three share the
+    # batch, schedule shape, loss and augmentation (85-100% crops and flips, as fashion-cpu); a study sets
+    # the run length. ViT: fashion-cpu-long's optimiser without its patch dropout (a speed trick that
+    # changes a run's FLOPs), plus DeiT's stochastic depth 0.1, the regulariser ViTs on small data lean on.
+    "small-data-vit": Recipe(
+        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=10, warmup=0.05, decay="cosine",
+        clip_grad=1.0, label_smoothing=0.1, drop_path=0.1, crop_scale=(0.85, 1.0),
+    ),
+    # The hybrid is the ViT's Transformer on a ResNet stem; the paper trains hybrids with the ViT's recipe.
+    "small-data-hybrid": Recipe(
+        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=10, warmup=0.05, decay="cosine",
+        clip_grad=1.0, label_smoothing=0.1, drop_path=0.1, crop_scale=(0.85, 1.0),
+    ),
+    # BiT ResNets from scratch: SGD with momentum 0.9 and L2 weight decay, the standard from-scratch recipe for
+    # ResNets on small data (He et al. 2016 on CIFAR: lr 0.1 at batch 128, wd 1e-4; BiT upstream: 0.03·b/256,
+    # wd 1e-4, warm-up), no gradient clipping (BiT clips none). The paper found Adam slightly better for its
+    # JFT ResNets (appendix D.1): benchmarks/tune_recipes.py puts both optimisers in every family's grid.
+    "small-data-resnet": Recipe(
+        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, epochs=10, warmup=0.05,
+        decay="cosine", clip_grad=None, label_smoothing=0.1, crop_scale=(0.85, 1.0),
+    ),
 }
+
+# The from-scratch small-data recipe of each model family.
+FAMILY_RECIPES: dict[str, str] = {"vit": "small-data-vit", "hybrid": "small-data-hybrid", "resnet": "small-data-resnet"}
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:
