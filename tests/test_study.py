@@ -85,8 +85,8 @@ def test_one_pass_gives_the_models_logits_and_its_pre_logits_features():
 def test_family_names_pick_the_datasets_default_model():
     assert study.resolve_models("digits", ["vit", "vit_tiny_r_s16_p8_224"]) == {
         "vit_test_patch4_16": "vit", "vit_tiny_r_s16_p8_224": "hybrid"}  # fmt: skip
-    assert study.resolve_models("fashion_mnist", ["vit", "resnet"]) == {
-        "vit_fashion_patch4_28": "vit", "resnetv2_fashion_28": "resnet"}  # fmt: skip
+    assert study.resolve_models("fashion_mnist", ["vit", "resnet", "hybrid"]) == {
+        "vit_fashion_patch4_28": "vit", "resnetv2_fashion_28": "resnet", "vit_fashion_hybrid_28": "hybrid"}  # fmt: skip
 
 
 # ---- the study ----------------------------------------------------------------------------------
