@@ -85,9 +85,9 @@ def _fashion_mnist(root: str, split: str, n: int) -> tuple[torch.Tensor, torch.T
     return data.data[:n].float().div(127.5).sub(1).unsqueeze(1), data.targets[:n]
 
 
-def _train_patch4(root: str, steps: int, batch: int) -> vitkit.VisionTransformer:
-    """vit_fashion_patch4_28 trained briefly with AdamW on 10k training images."""
-    images, labels = _fashion_mnist(root, "train", 10_000)
+def _train_patch4(root: str, steps: int, batch: int, n_train: int = 10_000) -> vitkit.VisionTransformer:
+    """vit_fashion_patch4_28 trained briefly with AdamW on the first n_train training images."""
+    images, labels = _fashion_mnist(root, "train", n_train)
     model = vitkit.create_model("vit_fashion_patch4_28").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
