@@ -18,7 +18,9 @@ from ..models.vit import VisionTransformer
 from .attention import batched_attention_maps, output_tokens, require_attention, token_grid
 
 
-def output_row(matrix: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, num_outputs: int = 1) -> torch.Tensor:
+def output_row(
+    matrix: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int, num_outputs: int = 1
+) -> torch.Tensor:
     """matrix: (..., T, T) -> (..., gh, gw): the output query's weights on the patch tokens, the output
     being the mean of the first `num_outputs` tokens, or with 0 of the patch tokens."""
     p = num_prefix_tokens

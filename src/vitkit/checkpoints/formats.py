@@ -164,7 +164,8 @@ def _read_directory(path: Path) -> RawCheckpoint:
         config = config_from_hf(hf_config)  # validated before any weights are read
         raw = read_checkpoint(weights)
         if raw.format != "huggingface":
-            raise CheckpointError(f"{weights}: expected Hugging Face {hf_config['model_type']} weights, found {raw.format} keys")
+            expected = f"Hugging Face {hf_config['model_type']} weights"
+            raise CheckpointError(f"{weights}: expected {expected}, found {raw.format} keys")
         return RawCheckpoint(str(path), "huggingface", raw.state, config, {"hf_config": hf_config})
     raw = read_checkpoint(weights)  # e.g. a timm Hub snapshot: config.json holds its pretrained_cfg
     raw.metadata = {**raw.metadata, "hub_config": hf_config}

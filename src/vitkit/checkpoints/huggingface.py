@@ -60,7 +60,7 @@ DESCENDANT_NAMES: list[tuple[str, str]] = [
     ("blocks.{i}.mlp.fc2", "encoder.layer.{i}.mlp.fc2"),
     ("blocks.{i}.ls2.gamma", "encoder.layer.{i}.layer_scale2.lambda1"),
 ]
-DINOV2_QKV = ["encoder.layer.{i}.attention.q_proj", "encoder.layer.{i}.attention.k_proj", "encoder.layer.{i}.attention.v_proj"]
+DINOV2_QKV = [f"encoder.layer.{{i}}.attention.{part}_proj" for part in "qkv"]
 # Parts of ViTForMaskedImageModeling, ViTMAEForPreTraining and DINOv2 that the encoder does not use.
 IGNORED = re.compile(r"embeddings\.mask_token|decoder\..+")
 # Keys of DINOv2's SwiGLU MLP (the giant models), which vitkit does not build.

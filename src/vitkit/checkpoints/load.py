@@ -79,6 +79,12 @@ def _unexpected(key: str, value: torch.Tensor, path: str) -> CheckpointError:
     return CheckpointError(f"{path}: unexpected key {key!r} {tuple(value.shape)}{hint}")
 
 
+def _adaptable_input_conv(key: str, have: torch.Size, want: torch.Size) -> bool:
+    """An input convolution with the model's output channels: its input channels can be adapted, and the
+    patch embedding's kernel size too."""
+    return key in _INPUT_CONVS and have[0] == want[0] and (key == _PATCH_KERNEL or have[2:] == want[2:])
+
+
 def _adapt_patch_embed(key: str, value: torch.Tensor, want: torch.Size, report: LoadReport) -> torch.Tensor:
     """An input convolution for other input channels and, the patch embedding, another patch size."""
     out = value.float()
@@ -127,7 +133,7 @@ def apply_state(
             report.notes.append(
                 f"resampled pos_embed {tuple(value.shape)} -> {tuple(want)} to the {cfg.grid_size} grid ({method})"
             )
-        elif key in _INPUT_CONVS and value.shape[0] == want[0] and (value.shape[2:] == want[2:] or key == _PATCH_KERNEL):
+        elif _adaptable_input_conv(key, value.shape, want):
             out[key] = _adapt_patch_embed(key, value, want, report)
         elif key.startswith(("head.", "head_dist.")):
             continue  # another number of classes: the head is re-initialised below

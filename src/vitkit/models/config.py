@@ -186,7 +186,7 @@ class ViTConfig(HasDataConfig):
                        (bool(self.representation_size), "representation_size")]  # fmt: skip
             named = [what for clash, what in clashes if clash]
             if named:
-                bad(f"distilled=True (DeiT's two heads on the class and distillation tokens) excludes {', '.join(named)}")
+                bad(f"distilled=True (DeiT's heads on the class and distillation tokens) excludes {', '.join(named)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
