@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch._inductor import config as inductor_config
 from torch.utils.data import Subset
+
+# Inductor's int8 lowering copies a tensor the way torch advises against; harmless, and not the user's to fix.
+warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning, "torch._inductor.mkldnn_lowerings")
 
 CALIBRATION_IMAGES = 256  # what --calibrate DATASET draws from the training split
 MIN_COSINE = 0.99  # the int8 ONNX file is written only if every check image's logits are this close to fp32
