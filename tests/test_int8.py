@@ -81,6 +81,14 @@ def test_uncalibrated_scales_are_worse_than_calibrated_ones(trained, test_images
     assert errors[0] < errors[1]
 
 
+@needs_int8_cpu
+def test_a_model_calibrated_one_image_at_a_time_runs_any_batch_size():
+    model = VisionTransformer(get_config("vit_test_patch4_16")).eval()
+    int8 = q.quantize(model, [torch.randn(1, 3, 16, 16) for _ in range(3)], compile=False)
+    for n in (1, 3, 8):
+        assert int8(torch.randn(n, 3, 16, 16)).shape == (n, model.config.num_classes)
+
+
 def test_int8_onnx_export_round_trip(trained, fashion, tmp_path):
     calibration, check = q.int8_onnx_images(DATA, trained.config)
     report = q.export_onnx_int8(trained, tmp_path / "int8.onnx", calibration, check)

@@ -99,8 +99,9 @@ def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], compile: boo
         raise ValueError("int8 quantisation needs calibration images; got none")
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     fp32 = copy.deepcopy(model).float().eval()
+    example = torch.cat([batches[0], batches[0]])  # two or more images: export takes a batch of one as fixed
     with torch.no_grad():
-        graph = torch.export.export(fp32, (batches[0],), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+        graph = torch.export.export(fp32, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
         observed = prepare_pt2e(graph, quantizer)
         for images in batches:
             observed(images)
