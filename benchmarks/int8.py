@@ -84,7 +84,7 @@ def speed(model_name: str, batch_sizes: list[int], rounds: int, threads: int, wa
     model = bench_model(model_name).eval()
     cfg = model.config
     calibration = photo_batches(cfg)
-    photos = sample_images(cfg)
+    photos = sample_images(cfg.data_config)
     with torch.inference_mode():
         reference = model(photos)
     results = []
@@ -149,7 +149,7 @@ def agreement(checkpoint: str, data: str, batch_size: int = 256) -> dict[str, An
 
     model = load(checkpoint).eval()
     source = load_data(data)
-    batches = list(eval_loader(source.test, model.config, source.channels, batch_size))
+    batches = list(eval_loader(source.test, model.config.data_config, source.channels, batch_size))
     test, labels = [x for x, _ in batches], torch.cat([y for _, y in batches])
     int8 = quantize(model, calibration_batches(data, model.config))
     with torch.inference_mode():

@@ -39,7 +39,7 @@ def trained(fashion) -> VisionTransformer:
     """A two-layer vit_fashion_patch7_28 trained for two epochs on 2,048 Fashion-MNIST images."""
     torch.manual_seed(0)
     model = VisionTransformer(get_config("vit_fashion_patch7_28", depth=2))
-    loader = eval_loader(Subset(fashion.train, range(2048)), model.config, fashion.channels, batch_size=128)
+    loader = eval_loader(Subset(fashion.train, range(2048)), model.config.data_config, fashion.channels, batch_size=128)
     batches = list(loader)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(2):
@@ -53,8 +53,8 @@ def trained(fashion) -> VisionTransformer:
 
 @pytest.fixture(scope="module")
 def test_images(fashion, trained):
-    loader = eval_loader(Subset(fashion.test, range(2000)), trained.config, fashion.channels, batch_size=500)
-    return [images for images, _ in loader]
+    test = Subset(fashion.test, range(2000))
+    return [images for images, _ in eval_loader(test, trained.config.data_config, fashion.channels, batch_size=500)]
 
 
 @needs_int8_cpu
@@ -146,6 +146,13 @@ def test_int8_refuses_with_a_clear_message_where_it_cannot_run(patch, message, m
         model = model.to("meta")
     with pytest.raises(ValueError, match=message):
         q.quantize(model, [torch.randn(2, 3, 16, 16)])
+
+
+def test_int8_refuses_model_families_it_has_not_been_checked_on():
+    from vitkit import create_model
+
+    with pytest.raises(ValueError, match="supports vit models; resnetv2_test_16 is a resnet"):
+        q.quantize(create_model("resnetv2_test_16"), [torch.randn(2, 3, 16, 16)])
 
 
 def test_predict_int8_without_calibration_images_is_a_one_line_error(trained, tmp_path, capsys):

@@ -386,7 +386,7 @@ def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> _Int8St
 
     cfg = model.config
     int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg))
-    photos = sample_images(cfg)  # (3, C, H, W)
+    photos = sample_images(cfg.data_config)  # (3, C, H, W)
     tiled = photos[torch.arange(-(-len(photos) // spec.batch_size) * spec.batch_size) % len(photos)]
     with torch.inference_mode():
         reference = model(photos)

@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning
 
 CALIBRATION_IMAGES = 256  # what --calibrate DATASET draws from the training split
 MIN_COSINE = 0.99  # the int8 ONNX file is written only if every check image's logits are this close to fp32
+# ResNets and hybrids (weight-standardised convolutions, whose weights are computed at run time) are not yet checked.
 SUPPORTED_FAMILIES = ("vit",)
 # Scikit-image photographs the bench model is calibrated on: none of export.SAMPLE_PHOTOS, which it is checked on.
 CALIBRATION_PHOTOS = ("rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel")
@@ -51,7 +52,7 @@ def check_int8_support(model: nn.Module) -> None:
             "int8 inference needs a CPU with AVX512-VNNI or AMX int8 instructions, which this one lacks "
             "(without them int8 is slower than fp32); use --precision bf16 or fp32"
         )
-    family = getattr(model.config, "family", "hybrid" if getattr(model.config, "is_hybrid", False) else "vit")
+    family = model.config.family
     if family not in SUPPORTED_FAMILIES:
         supported = ", ".join(SUPPORTED_FAMILIES)
         raise ValueError(f"int8 inference supports {supported} models; {model.config.name} is a {family}")
@@ -126,7 +127,7 @@ def calibration_batches(
     data = load_data(spec, root)
     dataset = data.split(split)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images]
-    loader = eval_loader(Subset(dataset, order.tolist()), config, data.channels, batch_size)
+    loader = eval_loader(Subset(dataset, order.tolist()), config.data_config, data.channels, batch_size)
     return [images for images, _ in loader]
 
 
@@ -142,7 +143,7 @@ def photo_batches(config: Any, names: Sequence[str] = CALIBRATION_PHOTOS) -> lis
     The default calibration of the random-weight models `vitkit bench` measures."""
     from .export import sample_images
 
-    photos = sample_images(config, names=names)
+    photos = sample_images(config.data_config, names=names)
     return [torch.cat([photos, photos.flip(-1)])]
 
 
