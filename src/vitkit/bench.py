@@ -286,7 +286,7 @@ class RowSpec:
     img_size: int | None
     library: Library
     batch_size: int
-    precision: Precision
+    precision: Precision | Literal["int8"]
     mode: Mode
     compile: bool
     runtime: Runtime
@@ -297,6 +297,7 @@ class RowSpec:
     seed: int
     weights_path: str
     onnx_path: str | None = None
+    calibrate: str | None = None  # int8: the dataset whose training images calibrate (default: photographs)
 
 
 def _skeleton(spec: RowSpec) -> nn.Module | None:
@@ -330,6 +331,8 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Ca
     model.load_state_dict(load_file(spec.weights_path), assign=True)  # the file's tensors become the parameters
     model = model.to(device)
     images = images.to(device)
+    if spec.precision == "int8":
+        return _int8_step(spec, model.eval(), images)
     # Inference compiles with inductor's freezing: the weights become constants, prepacked for the CPU's
     # matmul kernels and folded where they can be (it needs the module to stay in inference mode).
     options = {"freezing": True} if spec.mode == "infer" else None
@@ -362,6 +365,35 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Ca
     return train_step
 
 
+@dataclass
+class _Int8Step:
+    """One batch through the int8 model; `fidelity`: its logits against the fp32 model's on real photographs."""
+
+    model: nn.Module
+    images: torch.Tensor
+    fidelity: dict[str, float]
+
+    def __call__(self) -> None:
+        self.model(self.images)
+
+
+def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> _Int8Step:
+    """Quantise `model` (calibrated on `spec.calibrate`'s training images, else on photographs other than
+    the check's), then compare it with fp32 on scikit-image's sample photographs, run in batches of the
+    row's size (the compiled shape): logit_cosine_vs_fp32 (the smallest) and top1_agreement_vs_fp32."""
+    from .export import sample_images
+    from .quantize import calibration_batches, logit_fidelity, photo_batches, quantize
+
+    cfg = model.config
+    int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg))
+    photos = sample_images(cfg.data_config)  # (3, C, H, W)
+    tiled = photos[torch.arange(-(-len(photos) // spec.batch_size) * spec.batch_size) % len(photos)]
+    with torch.inference_mode():
+        reference = model(photos)
+        logits = torch.cat([int8(batch) for batch in tiled.split(spec.batch_size)])[: len(photos)]
+    return _Int8Step(int8, images, logit_fidelity(reference, logits))
+
+
 def measure_row(spec: RowSpec) -> dict[str, Any]:
     """Build the row, warm up, then time `spec.repeats` steps one by one: latency per batch (median,
     min, max) and peak memory from just before the weights were loaded."""
@@ -383,6 +415,7 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     return {
         "latency_ms": statistics.median(seconds) * 1e3, "latency_ms_min": min(seconds) * 1e3,
         "latency_ms_max": max(seconds) * 1e3, "peak_memory_mb": _peak_memory_mb(device) - baseline,
+        **getattr(step, "fidelity", {}),
     }  # fmt: skip
 
 
@@ -409,7 +442,7 @@ def benchmark(
     model_name: str,
     batch_size: int = 16,
     img_size: int | None = None,
-    precision: Precision = "fp32",
+    precision: Precision | Literal["int8"] = "fp32",
     compile: bool = False,
     mode: Mode = "infer",
     compare: Literal["timm"] | None = None,
@@ -420,6 +453,7 @@ def benchmark(
     threads: int | None = None,
     isolate: bool = True,
     seed: int = 0,
+    calibrate: str | None = None,
 ) -> dict[str, Any]:
     """Measure `model_name` (seeded random weights) and, with compare="timm", timm's same architecture
     with the same weights, after checking that their outputs agree.
@@ -434,9 +468,18 @@ def benchmark(
     Returns one flat dict: images_per_s, latency_ms (median; _min, _max), peak_memory_mb,
     gflops_per_image, gflops_per_s, matmul_peak_gflops_per_s, fraction_of_peak, the settings, and with
     compare="timm" the same measurements prefixed timm_, ratio (vitkit / timm images/s) and max_abs_diff.
+
+    precision="int8" (CPU inference): the vitkit row is quantised (`vitkit.quantize`, calibrated on
+    `calibrate`'s training images, else photographs) and compiled; the timm row is timm's fastest CPU path,
+    bf16 weights, eager; the peak is bf16's. Adds logit_cosine_vs_fp32 and top1_agreement_vs_fp32 on
+    scikit-image's sample photographs, in place of max_abs_diff.
     """
-    if precision not in ("fp32", "bf16", "fp16") or mode not in ("infer", "train"):
-        raise ValueError(f"precision must be fp32, bf16 or fp16 and mode infer or train; got {precision}, {mode}")
+    if precision not in ("fp32", "bf16", "fp16", "int8") or mode not in ("infer", "train"):
+        raise ValueError(f"precision must be fp32, bf16, fp16 or int8, mode infer or train; got {precision}, {mode}")
+    if precision == "int8" and (mode != "infer" or runtime != "torch" or device == "cuda"):
+        raise ValueError("--precision int8 is inference on CPU with --runtime torch")
+    if precision == "int8":
+        device, compile = "cpu", True  # the int8 row always compiles: that is what runs oneDNN's int8 kernels
     if runtime == "onnxruntime" and (precision != "fp32" or mode != "infer" or compile):
         raise ValueError("--runtime onnxruntime runs fp32 inference without --compile")
     if runtime not in ("torch", "onnxruntime") or compare not in (None, "timm"):
@@ -457,7 +500,7 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
         spec = RowSpec(
             model_name, img_size, "vitkit", batch_size, precision, mode, compile, runtime, device, warmup, repeats,
-            threads, seed, weights_path=str(Path(tmp) / "weights.safetensors"),
+            threads, seed, weights_path=str(Path(tmp) / "weights.safetensors"), calibrate=calibrate,
         )  # fmt: skip
         save_file(model.state_dict(), spec.weights_path)
         if runtime == "onnxruntime":
@@ -471,18 +514,21 @@ def benchmark(
             report = export_onnx(model, Path(tmp) / "model.onnx")
             result["onnx_max_abs_diff"] = report["max_abs_diff"]
             spec = replace(spec, onnx_path=report["path"])
-        if compare == "timm":
+        if compare == "timm" and precision != "int8":
             result["max_abs_diff"] = check_agreement(model, precision, mode, dev)  # needs timm, or says so
             import timm
 
             result["timm_version"] = timm.__version__
         del model
-        compute_dtype = torch.float32 if precision == "fp32" else DTYPES[precision]
+        compute_dtype = torch.float32 if precision == "fp32" else DTYPES.get(precision, torch.bfloat16)
         with _num_threads(threads):
             peak = matmul_peak_gflops(compute_dtype, dev)
         rows = {"": _measure(spec, isolate)}
         if compare == "timm":
-            rows["timm_"] = _measure(replace(spec, library="timm", runtime="torch", onnx_path=None), isolate)
+            timm_spec = replace(spec, library="timm", runtime="torch", onnx_path=None)
+            if precision == "int8":  # the peer's fastest CPU path
+                timm_spec = replace(timm_spec, precision="bf16", compile=False)
+            rows["timm_"] = _measure(timm_spec, isolate)
     result.update(gflops_per_image=gflops, matmul_peak_gflops_per_s=peak)
     for prefix, row in rows.items():
         images_per_s = batch_size / (row["latency_ms"] / 1e3)
@@ -518,8 +564,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result[p + 'peak_memory_mb']:>9.0f} {result[p + 'gflops_per_s']:>9.1f} "
             f"{result[p + 'fraction_of_peak']:>8.1%}"
         )
-    if "ratio" in result:
+    if "logit_cosine_vs_fp32" in result:
+        lines.append(
+            f"int8 vs fp32 on photographs: logit cosine >= {result['logit_cosine_vs_fp32']:.4f}, "
+            f"top-1 agreement {result['top1_agreement_vs_fp32']:.0%}"
+        )
+    if "max_abs_diff" in result:
         lines.append(f"vitkit / timm: {result['ratio']:.2f}x  (outputs agree: max |diff| {result['max_abs_diff']:.1e})")
+    elif "ratio" in result:
+        lines.append(f"vitkit int8 / timm bf16 eager: {result['ratio']:.2f}x")
     return "\n".join(lines)
 
 
@@ -528,6 +581,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, batch_size=args.batch_size, img_size=args.img_size, precision=args.precision,
         compile=args.compile, mode=args.mode, compare=args.compare, runtime=args.runtime, device=args.device,
         warmup=args.warmup, repeats=args.repeats, threads=args.threads, isolate=not args.in_process,
+        calibrate=args.calibrate,
     )  # fmt: skip
     print(format_table(result), file=sys.stderr)
     if args.json:
@@ -541,7 +595,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="registered model name or paper alias (ViTs and ResNets)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="int8: CPU inference, compiled, against timm's bf16 eager")  # fmt: skip
+    p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: photographs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both rows)")
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
     p.add_argument("--compare", choices=["timm"], help="also measure timm's same architecture and weights")

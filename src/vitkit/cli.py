@@ -102,13 +102,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train, run_fields=run_fields, recipe_fields=recipe_fields)
 
 
-def _load_model(path: str, device: str | None) -> Any:
+def _load_model(path: str, device: str | None, precision: str = "fp32") -> Any:
     import torch
 
     from .checkpoints.load import load
 
     model = load(path)
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    default = "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"  # int8 runs on CPU
+    return model.to(device or default).eval()
+
+
+def _int8(model: Any, calibrate: str | None, data_root: str | None = None) -> Any:
+    """`model` quantised to int8, calibrated on a few hundred training images of dataset `calibrate`."""
+    from .quantize import calibration_batches, quantize
+
+    if not calibrate:
+        raise ValueError("--precision int8 needs calibration images: --calibrate DATASET (its training split)")
+    return quantize(model, calibration_batches(calibrate, model.config, root=data_root))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -116,13 +126,15 @@ def _eval(args: argparse.Namespace) -> int:
     from .data.streaming import first
     from .evaluate import eval_loader, evaluate, plot_confusion
 
-    model = _load_model(args.checkpoint, args.device)
+    model = _load_model(args.checkpoint, args.device, args.precision)
     data = load_data(args.data, args.data_root)
     dataset = first(data.split(args.split), args.limit)
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"the checkpoint has {model.config.num_classes} classes, {data.name} has {len(data.classes)}")
     device = next(model.parameters()).device
     loader = eval_loader(dataset, model.config.data_config, data.channels, args.batch_size, args.workers)
+    if args.precision == "int8":
+        model, args.precision = _int8(model, args.calibrate or args.data, args.data_root), "fp32"
     ev = evaluate(model, loader, len(data.classes), device, args.precision)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +160,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where to write confusion-<split>.png (default: the checkpoint's folder)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32", help="int8: on CPU")
+    p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: --data's training split)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -161,7 +174,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
-    model = _load_model(args.checkpoint, args.device)
+    model = _load_model(args.checkpoint, args.device, args.precision)
+    if args.precision == "int8":
+        model = _int8(model, args.calibrate)
     predictions = predict_files(model, args.images, checkpoint_classes(args.checkpoint), args.topk)
     for p in predictions:
         if p.error is not None:
@@ -181,6 +196,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help='print one JSON object: {"predictions": [...]}')
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="int8: on CPU, needs --calibrate")
+    p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images: this dataset's training split")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_predict)
 

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,11 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def sample_images(cfg: DataConfig, img_size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """scikit-image's astronaut, chelsea and coffee photographs, resized to the model's input and
-    normalised with its mean/std: -> (3, C, H, W) float32. One-channel models get the grey level."""
+def sample_images(
+    cfg: DataConfig, img_size: int | tuple[int, int] | None = None, names: Sequence[str] = SAMPLE_PHOTOS
+) -> torch.Tensor:
+    """scikit-image's photographs `names` (astronaut, chelsea and coffee), resized to the model's input and
+    normalised with its mean/std: -> (len(names), C, H, W) float32. One-channel models get the grey level."""
     try:
         from skimage import data
     except ImportError:
@@ -45,9 +47,9 @@ def sample_images(cfg: DataConfig, img_size: int | tuple[int, int] | None = None
     if cfg.in_chans not in (1, 3):
         raise ValueError(f"no sample photographs for {cfg.in_chans}-channel inputs; pass check_images")
     size = to_2tuple(img_size) if img_size is not None else cfg.img_size
-    photos = [torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).float() / 255 for name in SAMPLE_PHOTOS]
+    photos = [torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).float() / 255 for name in names]
     x = torch.stack([F.interpolate(p[None], size=size, mode="bicubic", antialias=True)[0] for p in photos])
-    x = x.clamp(0, 1)  # (3, 3, H, W) in [0, 1]
+    x = x.clamp(0, 1)  # (N, 3, H, W) in [0, 1]
     if cfg.in_chans == 1:
         x = x.mean(dim=1, keepdim=True)
     mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
@@ -124,13 +126,24 @@ def _run(args: argparse.Namespace) -> int:
     from .checkpoints.load import load
 
     model = load(args.checkpoint, **({"img_size": args.img_size} if args.img_size else {}))
-    report = export_onnx(model, args.out, opset=args.opset)
-    print(
-        f"wrote {report['path']} ({report['size_mb']:.1f} MB, opset {report['opset']}); onnxruntime vs PyTorch on "
-        f"{report['num_images']} photographs: max |diff| {report['max_abs_diff']:.2e}, "
-        f"top-1 agreement {report['top1_agreement']:.0%}",
-        file=sys.stderr,
-    )
+    if args.int8:
+        from .quantize import export_onnx_int8, int8_onnx_images
+
+        report = export_onnx_int8(model, args.out, *int8_onnx_images(args.calibrate, model.config), opset=args.opset)
+        print(
+            f"wrote {report['path']} (int8, {report['size_mb']:.1f} MB, fp32 {report['fp32_size_mb']:.1f} MB); "
+            f"onnxruntime int8 vs PyTorch fp32 on {report['num_images']} test images: logit cosine >= "
+            f"{report['logit_cosine_vs_fp32']:.4f}, top-1 agreement {report['top1_agreement_vs_fp32']:.1%}",
+            file=sys.stderr,
+        )
+    else:
+        report = export_onnx(model, args.out, opset=args.opset)
+        print(
+            f"wrote {report['path']} ({report['size_mb']:.1f} MB, opset {report['opset']}); onnxruntime vs PyTorch on "
+            f"{report['num_images']} photographs: max |diff| {report['max_abs_diff']:.2e}, "
+            f"top-1 agreement {report['top1_agreement']:.0%}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(report))
     return 0
@@ -143,6 +156,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--int8", action="store_true", help="static int8 (QDQ) quantisation; needs --calibrate")
+    p.add_argument("--calibrate", metavar="DATASET", help="--int8 calibration images: this dataset's training split")
     p.add_argument("--img-size", type=int, help="export at another resolution (position embeddings resampled)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     p.set_defaults(func=_run)
