@@ -27,9 +27,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from matplotlib import colormaps
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from torchvision.datasets import FashionMNIST
 
 from ..analysis.plots import HEAT_CMAP, denormalise, heat_map
@@ -97,7 +98,15 @@ def _api_key_check(api_key: str | None) -> Callable[[Request], None]:
 
 
 async def read_upload(request: Request) -> bytes:
-    """The uploaded image's bytes: multipart field `file`, or the raw body."""
+    """The uploaded image's bytes: multipart field `file`, or the raw body; a client that goes away before
+    its upload ends gets a 400 (nobody reads it) instead of an error in the server's log."""
+    try:
+        return await _read_upload(request)
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before its upload ended") from None
+
+
+async def _read_upload(request: Request) -> bytes:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=8)
