@@ -216,6 +216,17 @@ def test_a_wds_path_without_an_index_says_how_to_make_one(tmp_path, capsys):
     ]
 
 
+
+def test_a_study_of_streamed_data_is_a_one_line_error_before_any_training(fashion_shards, tmp_path, capsys):
+    """Nested class-balanced subsets are drawn by index, which a stream has not."""
+    out = tmp_path / "study"
+    argv = ["study", "data-scale", "--data", f"wds:{fashion_shards}", "--sizes", "20", "--models",
+            "vit_test_patch4_16", "--images-seen", "16", "--seeds", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "need a dataset read by index" in error[0] and "is streamed" in error[0]
+    assert not out.exists()
+
 # two loader workers, resumed after an odd number of micro-batches: each worker takes the other's part
 RESUME_ARGS = ["--model", "vit_test_patch4_16", "--steps", "12", "--batch-size", "8", "--limit-eval", "16",
                "--no-progress", "--workers", "2", "--checkpoint-every", "3", "--log-every", "1",

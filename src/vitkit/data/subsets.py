@@ -10,7 +10,7 @@ not divide gives its extra images to the classes first in the seeded order.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 
 def class_permutations(labels: torch.Tensor, num_classes: int, seed: int) -> list[torch.Tensor]:
@@ -34,7 +34,12 @@ def balanced_order(labels: torch.Tensor, num_classes: int, seed: int) -> tuple[t
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:
-    """The labels (N,) of a map-style dataset: its `targets` or `labels`, through Subsets, else read item by item."""
+    """The labels (N,) of a map-style dataset: its `targets` or `labels`, through Subsets, else read item by item.
+    A streamed split (wds:, hf:) has no indices to draw subsets from: a one-line error."""
+    if not hasattr(dataset, "__getitem__") or isinstance(dataset, IterableDataset):
+        raise ValueError(f"class-balanced subsets (--subset, --holdout, vitkit study) need a dataset read by index; "
+                         f"{getattr(dataset, 'name', 'this split')} is streamed (wds:, hf:): use its source "
+                         f"(imagefolder:, fashion_mnist, ...) or train on the whole stream")
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
     for attribute in ("targets", "labels"):
