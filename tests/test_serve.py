@@ -21,7 +21,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from torchvision.datasets import FashionMNIST
 
-from vitkit import create_model
+from vitkit import create_model, save
 from vitkit.analysis.rollout import attention_rollout
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
@@ -154,6 +154,26 @@ def test_explain_is_a_clear_400_for_a_model_without_attention(model):
         assert c.get("/v1/model").json()["explain"] is False
     assert r.status_code == 400 and "has no attention" in r.json()["error"] and "/v1/predict" in r.json()["error"]
 
+
+
+def test_a_bit_resnet_checkpoint_is_served_with_predict_and_a_400_on_explain(tmp_path):
+    """Every family vitkit loads is served: a BiT ResNet answers /v1/predict exactly as `vitkit predict`
+    computes it, and /v1/explain says it has no attention."""
+    resnet = create_model("resnetv2_test_16").eval()
+    with torch.no_grad():  # its head starts at zero: noise makes the classes differ
+        for p in resnet.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    save(resnet, tmp_path / "resnet.safetensors")
+    image = _noise_png()
+    with TestClient(app_from_checkpoint(tmp_path / "resnet.safetensors", "cpu")) as c:
+        body = c.post("/v1/predict?topk=1", content=image).json()
+        explained = c.post("/v1/explain", content=image)
+    x = image_transform(resnet.config)(Image.open(io.BytesIO(image)).convert("RGB"))
+    with torch.no_grad():
+        expected = resnet(x[None]).softmax(dim=-1)[0]
+    assert body["topk"][0]["index"] == int(expected.argmax())
+    assert body["topk"][0]["prob"] == pytest.approx(float(expected.max()), abs=1e-6)
+    assert explained.status_code == 400 and "has no attention" in explained.json()["error"]
 
 # --- /v1/model, /healthz, /metrics -------------------------------------------------------------------
 
