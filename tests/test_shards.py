@@ -217,15 +217,19 @@ def test_a_wds_path_without_an_index_says_how_to_make_one(tmp_path, capsys):
 
 
 
-def test_a_study_of_streamed_data_is_a_one_line_error_before_any_training(fashion_shards, tmp_path, capsys):
-    """Nested class-balanced subsets are drawn by index, which a stream has not."""
-    out = tmp_path / "study"
-    argv = ["study", "data-scale", "--data", f"wds:{fashion_shards}", "--sizes", "20", "--models",
-            "vit_test_patch4_16", "--images-seen", "16", "--seeds", "1", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "need a dataset read by index" in error[0] and "is streamed" in error[0]
-    assert not out.exists()
+def test_a_study_reads_its_nested_subsets_from_shards(fashion_shards, data_root, tmp_path, capsys):
+    """The study draws subsets by index: a streamed split is held in memory (encoded) and read like the
+    in-memory dataset, so the shards' study trains on the same images as the in-memory data's."""
+    argv = ["study", "data-scale", "--sizes", "20", "--models", "vit_test_patch4_16", "--images-seen", "16",
+            "--seeds", "1", "--holdout", "0", "--batch-size", "8", "--no-progress", "--json"]  # fmt: skip
+    assert main([*argv, "--data", f"wds:{fashion_shards}", "--out", str(tmp_path / "wds")]) == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert run["size"] == 20 and 0 <= run["top1"] <= 1
+    held = load_data(f"wds:{fashion_shards}").train.held()
+    memory = load_data("fashion_mnist", data_root).train
+    assert torch.equal(held.targets, torch.as_tensor(memory.targets[: len(held)]))
+    assert torch.equal(torch.as_tensor(np.asarray(held[7][0])), memory.data[7])
+
 
 # two loader workers, resumed after an odd number of micro-batches: each worker takes the other's part
 RESUME_ARGS = ["--model", "vit_test_patch4_16", "--steps", "12", "--batch-size", "8", "--limit-eval", "16",

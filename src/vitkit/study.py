@@ -32,6 +32,7 @@ from .checkpoints.io import atomic_write
 from .checkpoints.load import load
 from .data import DataSource, load_data
 from .data.datasets import parse_spec
+from .data.streaming import StreamedSplit
 from .data.subsets import check_size, dataset_labels, split_subset, subset_indices
 from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
@@ -324,6 +325,8 @@ def data_scale(
     plan = Plan(data, sizes, resolve_models(data, models), images_seen, per_size, holdout, precision,
                 dict(recipe_overrides or {}), evaluations)  # fmt: skip
     source = load_data(data, data_root)
+    if isinstance(source.train, StreamedSplit):  # subsets and the few-shot pool are drawn by index
+        source = dataclasses.replace(source, train=source.train.held())
     _check(plan, source)
     out = Path(out)
     identity = plan.identity()

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.gopen import gopen_schemes
 from webdataset.tariterators import group_by_keys, tar_file_expander
@@ -50,6 +50,7 @@ from .loader import mix_seed, seeded
 
 INDEX = "index.json"
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "image")
+HELD_BYTES = 4 << 30  # the most a streamed split may weigh to be held in memory (for indexed access)
 
 # (position in its shard, "shard:key" for messages, the sample's fields or None when it could not be read)
 Record = tuple[int, str, "dict[str, Any] | None"]
@@ -236,6 +237,11 @@ class StreamedSplit(IterableDataset):
         other.counts = [c for c in kept if c]
         return other
 
+    def held(self) -> "HeldSplit":
+        """The whole split read once, in the shards' order, and kept encoded in memory for what needs
+        indices (nested class-balanced subsets)."""
+        return HeldSplit(self)
+
     def set_position(self, epoch: int, start: int = 0) -> None:
         self.plan = dataclasses.replace(self.plan, epoch=epoch, start=start)
 
@@ -317,3 +323,32 @@ def first(dataset: Any, n: int | None) -> Any:
     from torch.utils.data import Subset
 
     return Subset(dataset, range(min(n, len(dataset))))
+
+
+class HeldSplit(Dataset):
+    """A streamed split held in memory as its encoded samples, read by index: (PIL image, label), decoded as
+    the stream decodes them. Samples that do not decode are left out, with a warning, as a stream skips them;
+    `targets` (N,) are the labels."""
+
+    def __init__(self, split: StreamedSplit) -> None:
+        self.name, self.classes, self.channels = split.name, split.classes, split.channels
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        targets, size = [], 0
+        for _, where, record in split._records(0, sum(split.counts)):
+            item = split._item(0, where, record)  # decodes once: bad samples are warned about and left out
+            if item is None:
+                continue
+            self.records.append((where, record))
+            targets.append(item[1])
+            size += sum(len(v) for v in record.values() if isinstance(v, bytes))
+            if size > HELD_BYTES:
+                raise ValueError(f"{split.name}: over {HELD_BYTES >> 30} GiB of samples to hold in memory for indexed "
+                                 f"access; draw the subset from the dataset's source (imagefolder:, ...) instead")
+        self.targets = torch.tensor(targets, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        where, record = self.records[i]
+        return decode(record, where, self.channels, len(self.classes))

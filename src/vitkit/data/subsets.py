@@ -37,9 +37,8 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     """The labels (N,) of a map-style dataset: its `targets` or `labels`, through Subsets, else read item by item.
     A streamed split (wds:, hf:) has no indices to draw subsets from: a one-line error."""
     if not hasattr(dataset, "__getitem__") or isinstance(dataset, IterableDataset):
-        raise ValueError(f"class-balanced subsets (--subset, --holdout, vitkit study) need a dataset read by index; "
-                         f"{getattr(dataset, 'name', 'this split')} is streamed (wds:, hf:): use its source "
-                         f"(imagefolder:, fashion_mnist, ...) or train on the whole stream")
+        raise ValueError(f"class-balanced subsets need a dataset read by index; {getattr(dataset, 'name', 'this split')} "
+                         f"is streamed: hold it in memory first (StreamedSplit.held())")
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
     for attribute in ("targets", "labels"):

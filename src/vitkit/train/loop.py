@@ -414,9 +414,10 @@ def _held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
     part of it in place of the test split, which is then left alone; and the name of the split evaluated."""
     if not (cfg.subset or cfg.holdout):
         return data, "test"
-    if isinstance(data.split("train"), StreamedSplit):
-        raise ValueError("--subset and --holdout need a dataset held or indexed locally, not a stream")
-    train, held_out = split_subset(data.split("train"), len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+    train = data.split("train")
+    if isinstance(train, StreamedSplit):  # subsets are drawn by index
+        train = train.held()
+    train, held_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
     if held_out is None:
         return dataclasses.replace(data, train=train), "test"
     return dataclasses.replace(data, train=train, test=held_out), "held-out"
