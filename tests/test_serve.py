@@ -387,3 +387,38 @@ def test_bf16_probabilities_are_those_of_fp32_within_bf16_rounding(model):
     by_index = {t["index"]: t["prob"] for t in exact}
     assert all(abs(t["prob"] - by_index[t["index"]]) < 0.02 for t in low)
     assert low != exact  # bf16 did run
+
+
+needs_int8_cpu = pytest.mark.skipif(
+    not (torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()), reason="no VNNI/AMX int8 on this CPU"
+)
+
+
+@needs_int8_cpu
+def test_int8_serving_is_calibrated_on_the_checkpoints_data_and_follows_fp32(fashion_checkpoint, fashion_pngs):
+    """`serve --precision int8`: quantised (compiled, batch sizes up to max_batch) on Fashion-MNIST training
+    images named by the checkpoint; the classes follow fp32's, and /v1/explain keeps the fp32 rollout."""
+    pytest.importorskip("torchao")
+    images = fashion_pngs[:16]
+    with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu", max_batch=1)) as fp32:
+        exact = [fp32.post("/v1/predict?topk=10", content=png).json()["topk"] for png in images]
+        exact_rollout = fp32.post("/v1/explain", content=images[0]).json()["rollout"]
+    with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu", precision="int8", max_batch=1)) as int8:
+        assert int8.get("/v1/model").json()["precision"] == "int8"
+        low = [int8.post("/v1/predict?topk=10", content=png).json()["topk"] for png in images]
+        explained = int8.post("/v1/explain", content=images[0]).json()
+    agree = sum(a[0]["index"] == b[0]["index"] for a, b in zip(exact, low))
+    assert agree >= 15, f"int8 picked fp32's class on {agree} of 16 images"
+    for a, b in zip(exact, low):
+        by_index = {t["index"]: t["prob"] for t in a}
+        assert max(abs(t["prob"] - by_index[t["index"]]) for t in b) < 0.05
+    assert low != exact  # int8 did run
+    assert explained["rollout"] == exact_rollout and explained["topk"][0]["index"] == low[0][0]["index"]
+
+
+def test_int8_serving_without_calibration_images_is_a_one_line_error(tmp_path):
+    path = tmp_path / "no-dataset.safetensors"
+    save(_noisy_test_model(), path)  # no training dataset recorded
+    with pytest.raises(ValueError, match=r"--calibrate DATASET") as e:
+        app_from_checkpoint(path, "cpu", precision="int8")
+    assert "\n" not in str(e.value)

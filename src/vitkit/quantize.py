@@ -86,6 +86,12 @@ class Int8Model(nn.Module):
         with torch.inference_mode(), inductor_config.patch(freezing=True):
             return self.run(x.float())[:n]
 
+    def warm_up(self, max_batch: int) -> None:
+        """Compile now, for every padded batch size up to `max_batch` (1, 2, 4, ...), not at first use."""
+        H, W = self.config.img_size
+        for n in sorted({1 << (b - 1).bit_length() for b in range(1, max_batch + 1)}):
+            self(torch.zeros(n, self.config.in_chans, H, W))
+
 
 def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], compile: bool = True) -> Int8Model:
     """`model` (fp32, CPU) with int8 weights and activations, calibrated on the image batches (B, C, H, W)

@@ -124,19 +124,23 @@ async def _read_upload(request: Request) -> bytes:
     return data
 
 
-def _batch_fns(model: torch.nn.Module, precision: Precision) -> tuple[Callable, Callable | None]:
-    """The forward passes the batchers run: probabilities, and (probabilities, rollout) for attention models."""
+def _batch_fns(
+    model: torch.nn.Module, precision: Precision, int8: torch.nn.Module | None = None
+) -> tuple[Callable, Callable | None]:
+    """The forward passes the batchers run: probabilities, and (probabilities, rollout) for attention models.
+    With `int8` (vitkit.quantize's model of `model`), it gives the probabilities; the rollout stays fp32."""
     device = next(model.parameters()).device
+    classifier = model if int8 is None else int8
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):
-            return probabilities(model, x).cpu()
+            return probabilities(classifier, x).cpu()
 
     @torch.inference_mode()
     def explain(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(device, precision):  # two passes: the forward keeps its fused attention kernel
-            return probabilities(model, x).cpu(), attention_rollout(model, x, batch_size=len(x))
+            return probabilities(classifier, x).cpu(), attention_rollout(model, x, batch_size=len(x))
 
     return predict, explain if hasattr(model, "attention_maps") else None
 
@@ -152,17 +156,19 @@ def create_app(
     max_upload_bytes: int = 20 * MB,
     checksum: str | None = None,
     dataset: str | None = None,
+    int8: torch.nn.Module | None = None,
 ) -> FastAPI:
     """The app serving `model` (in eval mode, on its device) with `classes` as its class names.
     `checksum`: the checkpoint file's SHA-256, reported by /v1/model; `dataset`: the training data's
-    name from the checkpoint, which picks the page's sample images."""
+    name from the checkpoint, which picks the page's sample images; `int8`: `model` quantised by
+    vitkit.quantize (warmed up to `max_batch`), which then computes every class probability."""
     cfg = model.config
     model.eval()
     names = class_names(cfg.num_classes, classes)
     transform = image_transform(cfg)
     page = _page_files(sample_set(names, dataset))
     metrics = Metrics(max_batch)
-    predict_fn, explain_fn = _batch_fns(model, precision)
+    predict_fn, explain_fn = _batch_fns(model, precision, int8)
     batchers = {kind: Batcher(fn, max_batch, max_wait_ms, metrics.batch_size.observe)
                 for kind, fn in (("predict", predict_fn), ("explain", explain_fn)) if fn is not None}  # fmt: skip
 
@@ -226,7 +232,7 @@ def create_app(
             "preprocessing": {"resize": [round(H / cfg.crop_pct), round(W / cfg.crop_pct)], "crop": [H, W],
                               "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
                               "mean": list(cfg.mean), "std": list(cfg.std), "channels": cfg.in_chans},
-            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "precision": precision,
+            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "precision": "int8" if int8 else precision,
             "max_upload_bytes": max_upload_bytes,
         }  # fmt: skip
 
@@ -279,10 +285,31 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def app_from_checkpoint(path: str | os.PathLike, device: str | None = None, **options: Any) -> FastAPI:
-    """create_app for a checkpoint file: its model, class names, training data's name and checksum."""
+def app_from_checkpoint(
+    path: str | os.PathLike, device: str | None = None, calibrate: str | None = None, **options: Any
+) -> FastAPI:
+    """create_app for a checkpoint file: its model, class names, training data's name and checksum.
+    With precision="int8", the model is quantised on a few hundred images of dataset `calibrate`'s training
+    split (default: the checkpoint's own training data) and compiled for every batch size it will see."""
     from ..checkpoints.load import load
 
-    model = load(path).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = options.pop("precision", "fp32")
+    on_gpu = torch.cuda.is_available() and precision != "int8"  # int8 runs on CPU
+    model = load(path).to(device or ("cuda" if on_gpu else "cpu"))
     dataset = checkpoint_metadata(path).get("dataset")
+    if precision == "int8":
+        options["int8"] = _int8_model(model, calibrate or dataset, options.get("max_batch", 32))
+    else:
+        options["precision"] = precision
     return create_app(model, checkpoint_classes(path), checksum=file_sha256(path), dataset=dataset, **options)
+
+
+def _int8_model(model: torch.nn.Module, calibrate: str | None, max_batch: int) -> torch.nn.Module:
+    from ..quantize import calibration_batches, quantize
+
+    if not calibrate:
+        raise ValueError("--precision int8 needs calibration images: --calibrate DATASET (its training split); "
+                         "the checkpoint names no training dataset")  # fmt: skip
+    int8 = quantize(model, calibration_batches(calibrate, model.config))
+    int8.warm_up(max_batch)
+    return int8

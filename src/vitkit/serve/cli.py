@@ -18,7 +18,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-upload-mb > 0")
     app = app_from_checkpoint(
         args.checkpoint, args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        precision=args.precision, api_key=args.api_key, max_upload_bytes=int(args.max_upload_mb * MB),
+        precision=args.precision, calibrate=args.calibrate, api_key=args.api_key,
+        max_upload_bytes=int(args.max_upload_mb * MB),
     )  # fmt: skip
     # uvicorn shuts down gracefully on SIGTERM or Ctrl-C (in-flight requests finish, then the batchers
     # drain), then re-raises the signal under the handler it found; these let that end as a clean exit 0.
@@ -36,7 +37,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="most images in one forward pass")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="int8: CPU only, quantised at start (docs/int8.md)",
+    )
+    p.add_argument(
+        "--calibrate",
+        metavar="DATASET",
+        help="int8 calibration images: this dataset's training split (default: the checkpoint's)",
+    )
     p.add_argument("--api-key", help="require it on /v1/*, as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
