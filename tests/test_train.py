@@ -237,6 +237,22 @@ def test_fsdp_trains_like_one_process_writes_whole_checkpoints_and_resumes(data_
     assert all(torch.equal(two[k], v) for k, v in weights(tmp_path / "fsdp" / "model.safetensors").items())
 
 
+def test_fsdp_shards_a_bit_resnet_by_bottleneck_and_trains_like_one_process(data_root, tmp_path):
+    args = ["--data", "fashion_mnist", "--model", "resnetv2_test_16", "--steps", "4", "--batch-size", "16",
+            "--limit-train", "64", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0",
+            "--optimizer", "sgd", "--lr", "0.1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fsdp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "vitkit", "train", *args, "--fsdp", "--out", str(tmp_path / "fsdp")]  # fmt: skip
+    for cmd in ([sys.executable, "-m", "vitkit", "train", *args, "--out", str(tmp_path / "one")], fsdp):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = weights(tmp_path / "one" / "model.safetensors"), weights(tmp_path / "fsdp" / "model.safetensors")
+    assert one.keys() == two.keys() and all(one[k].shape == two[k].shape for k in one)
+    assert all(torch.allclose(one[k], two[k], atol=1e-6, rtol=1e-5) for k in one)
+    assert vitkit.load(tmp_path / "fsdp" / "model.safetensors").config.family == "resnet"
+
+
 def test_fsdp_without_torchrun_is_a_one_line_error(data_root, tmp_path):
     with pytest.raises(ValueError, match="--fsdp shards the model over several processes: launch with torchrun"):
         fit(tiny(data_root, tmp_path / "run", fsdp=True))
