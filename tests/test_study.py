@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,6 +149,36 @@ def test_an_interrupted_study_skips_finished_runs_resumes_the_cut_one_and_ends_w
         ("resnetv2_test_16", "n80", "seed0", False)]  # fmt: skip
     assert (first / "result.json").stat().st_mtime_ns == finished_at
     assert without_dirs(result["runs"]) == without_dirs(reference[1]["runs"])
+
+
+def test_a_study_killed_by_sigkill_mid_run_continues_and_ends_with_the_same_result(reference, tmp_path):
+    """`vitkit study` in its own process, SIGKILLed (no handler runs) two steps after the second run's
+    checkpoint; the same command again skips the first run, resumes the second and matches the reference."""
+    runner = (
+        "import os, signal, sys\n"
+        "import vitkit.train.loop as loop\n"
+        "from vitkit.cli import main\n"
+        "real, count = loop.train_step, [0]\n"
+        "def step(*args, **kwargs):\n"
+        "    count[0] += 1\n"
+        "    if count[0] == 6 + 5:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*args, **kwargs)\n"
+        "loop.train_step = step\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", runner, *CLI, "--out", str(tmp_path), "--json"]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    second = tmp_path / "resnetv2_test_16" / "n40" / "seed0"
+    assert not (second / "result.json").exists() and any((second / "checkpoints").iterdir())
+    finished_at = (tmp_path / "vit_test_patch4_16" / "n40" / "seed0" / "result.json").stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "vitkit", *CLI, "--out", str(tmp_path), "--json"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stderr and f"{second}" in again.stderr
+    assert (tmp_path / "vit_test_patch4_16" / "n40" / "seed0" / "result.json").stat().st_mtime_ns == finished_at
+    assert without_dirs(json.loads(again.stdout)["runs"]) == without_dirs(reference[1]["runs"])
 
 
 def test_rerunning_a_finished_study_prints_its_result_at_once_as_json(reference, capsys, monkeypatch):
