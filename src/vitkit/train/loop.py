@@ -223,189 +223,262 @@ def fit(cfg: TrainConfig) -> TrainResult:
 
 
 def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
-    cfg = _resolve(cfg, procs)
+    run = _setup(_resolve(cfg, procs), procs)
+    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (run.main and cfg.progress),
+               dynamic_ncols=True)  # fmt: skip
+    signals = StopSignals().install()
+    try:
+        evaluated_at = _train(run, bar, signals)
+        bar.close()
+        if evaluated_at != run.step:
+            run.evaluate()
+        final = run.out / FINAL
+        run.save_weights(final, {**run.meta, "step": str(run.step)})
+        if run.main:
+            run.log.plot()
+    finally:
+        signals.restore()
+        bar.close()
+        run.log.close()
+    skipped_images = len(run.data.skipped_files()) + run.feed.skipped(procs)
+    return TrainResult(run.out, run.step, final, run.last_eval, run.best_top1, skipped_images, run.skipped_steps,
+                       run.eval_name)  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """One training run: what `_setup` builds, and the loop's state (step, best held-out or test top-1, ...)."""
+
+    cfg: TrainConfig
+    procs: distributed.Processes
+    data: DataSource
+    eval_name: str  # the split evaluated during training: "test" or "held-out"
+    model: nn.Module
+    feed: Any  # vitkit.train.feed: the training batches of each epoch
+    accum: int  # micro-batches per optimiser step
+    test_loader: Any
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    mix: Any
+    train_model: nn.Module | None = None  # the model as trained: DDP-wrapped and/or compiled
+    log: RunLog | None = None
+    step: int = 0
+    best_top1: float | None = None
+    elapsed: float = 0.0  # seconds trained before this process started (a resumed run's)
+    skipped_steps: int = 0
+    last_checkpoint: Path | None = None
+    last_eval: Evaluation | None = None
+    t0: float = 0.0  # when this process's first step started
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def main(self) -> bool:
+        return self.procs.is_main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.feed.steps_per_epoch
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return {CLASSES_KEY: json.dumps(self.data.classes), "dataset": self.data.name}
+
+    def say(self, message: str) -> None:
+        if self.main:
+            print(message, file=sys.stderr)
+
+    def time_s(self) -> float:
+        return self.elapsed + time.time() - self.t0
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save_weights(self, path: Path, metadata: dict[str, str]) -> None:
+        weights = distributed.full_state_dict(self.eval_model())  # sharded: gathered on rank 0, with every rank
+        if self.main:
+            save(self.eval_model(), path, metadata=metadata, state=weights)
+
+    def checkpoint(self) -> None:
+        weights = distributed.full_state_dict(self.model)
+        optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        if not self.main:
+            return
+        self.last_checkpoint = write_checkpoint(self.out, self.step, self.model, {
+            "step": self.step, "total_steps": self.total_steps, "best_top1": self.best_top1, "elapsed": self.time_s(),
+            "skipped_steps": self.skipped_steps, "optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+        }, self.meta, keep=self.cfg.keep_checkpoints, weights=weights)  # fmt: skip
+
+    def last_good(self) -> str:
+        return f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+
+    def evaluate(self) -> None:
+        """Evaluate on the held-out (or test) split, log it, and keep the best weights as best.safetensors."""
+        sharded = distributed.is_sharded(self.model)
+        if self.main or sharded:  # a sharded model's forward pass needs every process
+            started = time.time()
+            ev = evaluate(self.eval_model(), self.test_loader, len(self.data.classes), self.procs.device,
+                          self.cfg.precision)  # fmt: skip
+            seconds, self.last_eval = time.time() - started, ev
+            improved = self.best_top1 is None or ev.top1 > self.best_top1
+            if sharded:  # every process gathers the weights to save, or none
+                improved = self.procs.broadcast(improved)
+            if improved:
+                self.best_top1 = ev.top1
+                self.save_weights(self.out / BEST, {**self.meta, "step": str(self.step), "top1": str(ev.top1)})
+            if self.main:
+                self.log.write({
+                    "step": self.step, "epoch": self.step / self.steps_per_epoch, "eval_top1": ev.top1,
+                    "eval_top5": ev.top5, "eval_loss": ev.loss, "eval_images_per_s": ev.n / max(seconds, 1e-9),
+                    "time_s": self.time_s(),
+                })  # fmt: skip
+                self.log.plot()
+                self.say(f"step {self.step}: {self.eval_name} top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%}, "
+                         f"loss {ev.loss:.4f}")  # fmt: skip
+        self.procs.barrier()
+
+
+def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
+    """Everything before the first step: data, model, optimiser, the resumed state; writes config.yaml."""
     data, eval_name = _held_out(cfg, load_data(cfg.data, cfg.data_root))
-    recipe, device, main = cfg.recipe, procs.device, procs.is_main
-    say = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
-    out = Path(cfg.out)
+    recipe, out = cfg.recipe, Path(cfg.out)
     if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
-
-    # ---- model, data, optimiser --------------------------------------------------------------
     if cfg.fsdp and not procs.distributed:
         raise ValueError("--fsdp shards the model over several processes: launch with torchrun --nproc-per-node K")
     if cfg.fsdp and recipe.ema_decay:
         raise ValueError("--fsdp keeps no EMA of the weights: leave out --ema-decay")
-    model = _build_model(cfg, data)  # a bad model config fails here, before anything is written
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    if cfg.init_from and not cfg.resume:
-        report = load_checkpoint(model, cfg.init_from, pos_method=cfg.pos_method)
-        if recipe.reset_head and not report.head_reset:
-            model.reset_head()
-            report.notes.append("head re-initialised to zeros (the paper's fine-tuning head)")
-        say(str(report))
-    model.to(device)
-    data_cfg = model.config.data_config
-    if cfg.fsdp:
-        distributed.shard(model)  # before the optimiser is built: it holds this process's shards
-
+    model = _placed_model(cfg, procs, data)
     micro, accum = _micro_batches(cfg, procs)
-    feed = build_feed(data, data_cfg, cfg, procs, micro, accum, _saved_workers(cfg))
-    steps_per_epoch = feed.steps_per_epoch
+    feed = build_feed(data, model.config.data_config, cfg, procs, micro, accum, _saved_workers(cfg))
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
-    total_steps = recipe.steps or math.ceil(recipe.epochs * steps_per_epoch)
-    eval_every = cfg.eval_every or steps_per_epoch
-    test_loader = eval_loader(first(data.split("test"), cfg.limit_eval), data_cfg, data.channels, batch_size=256,
-                              workers=feed.workers)  # fmt: skip
-
-    optimizer = build_optimizer(model, recipe)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
-    mix = batch_mix(recipe.mixup, recipe.cutmix, len(data.classes))
-
-    # ---- resume ----------------------------------------------------------------------------
-    step, best_top1, elapsed, skipped_steps = 0, None, 0.0, 0
-    resumed = _newest_checkpoint(cfg, procs) if cfg.resume else None
-    if cfg.resume and resumed is None:
-        say(f"{out} has no checkpoint yet: starting from the beginning")
-    if resumed is not None:
-        state = _restore(resumed, model, optimizer, scaler, ema, total_steps)
-        step, best_top1, elapsed = state["step"], state["best_top1"], state["elapsed"]
-        skipped_steps = state.get("skipped_steps", 0)
-        say(f"resuming {out} at step {step} of {total_steps} from {resumed.path}")
-    if main:
+    test_loader = eval_loader(first(data.split("test"), cfg.limit_eval), model.config.data_config, data.channels,
+                              batch_size=256, workers=feed.workers)  # fmt: skip
+    run = _Run(
+        cfg, procs, data, eval_name, model, feed, accum, test_loader,
+        total_steps=recipe.steps or math.ceil(recipe.epochs * feed.steps_per_epoch),
+        optimizer=build_optimizer(model, recipe),
+        scaler=torch.amp.GradScaler(procs.device.type, enabled=cfg.precision == "fp16"),
+        ema=ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None,
+        mix=batch_mix(recipe.mixup, recipe.cutmix, len(data.classes)),
+    )  # fmt: skip
+    _resume(run)
+    if procs.is_main:
         _write_config(cfg, model, data, {"derived": {
-            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accumulation": accum,
+            "total_steps": run.total_steps, "steps_per_epoch": feed.steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": feed.workers,
             "augmentation": feed.augmentation, "train_images": feed.images, "eval_images": len(test_loader.dataset),
             "eval_split": eval_name,
         }})  # fmt: skip
     procs.barrier()
-
-    train_model: nn.Module = model
+    run.train_model, device = model, procs.device
     if procs.distributed and not cfg.fsdp:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        run.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        train_model = torch.compile(train_model)
-    log = RunLog(out, enabled=main, resume_step=step if cfg.resume else None)
-    last_checkpoint = resumed.path if resumed is not None else None
-    meta = {CLASSES_KEY: json.dumps(data.classes), "dataset": data.name}
+        run.train_model = torch.compile(run.train_model)
+    run.log = RunLog(out, enabled=procs.is_main, resume_step=run.step if cfg.resume else None)
+    return run
 
-    def eval_model() -> nn.Module:
-        return ema.module if ema is not None else model
 
-    def save_weights(path: Path, metadata: dict[str, str]) -> None:
-        weights = distributed.full_state_dict(eval_model())  # sharded: gathered on rank 0, with every rank
-        if main:
-            save(eval_model(), path, metadata=metadata, state=weights)
+def _placed_model(cfg: TrainConfig, procs: distributed.Processes, data: DataSource) -> nn.Module:
+    """The model built (and initialised from --init-from) on its device; sharded for FSDP. Creates cfg.out."""
+    model = _build_model(cfg, data)  # a bad model config fails here, before anything is written
+    if procs.is_main:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    if cfg.init_from and not cfg.resume:
+        report = load_checkpoint(model, cfg.init_from, pos_method=cfg.pos_method)
+        if cfg.recipe.reset_head and not report.head_reset:
+            model.reset_head()
+            report.notes.append("head re-initialised to zeros (the paper's fine-tuning head)")
+        if procs.is_main:
+            print(str(report), file=sys.stderr)
+    model.to(procs.device)
+    if cfg.fsdp:
+        distributed.shard(model)  # before the optimiser is built: it holds this process's shards
+    return model
 
-    def checkpoint(at: int) -> None:
-        nonlocal last_checkpoint
-        weights = distributed.full_state_dict(model)
-        optimizer_state = distributed.full_optimizer_state(model, optimizer)
-        if not main:
-            return
-        last_checkpoint = write_checkpoint(out, at, model, {
-            "step": at, "total_steps": total_steps, "best_top1": best_top1, "elapsed": elapsed + time.time() - t0,
-            "skipped_steps": skipped_steps, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-        }, meta, keep=cfg.keep_checkpoints, weights=weights)  # fmt: skip
 
-    def last_good() -> str:
-        return f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+def _resume(run: _Run) -> None:
+    """With --resume, restore the newest intact checkpoint's weights, optimiser, scaler, EMA and state."""
+    if not run.cfg.resume:
+        return
+    resumed = _newest_checkpoint(run.cfg, run.procs)
+    if resumed is None:
+        run.say(f"{run.out} has no checkpoint yet: starting from the beginning")
+        return
+    state = _restore(resumed, run.model, run.optimizer, run.scaler, run.ema, run.total_steps)
+    run.step, run.best_top1, run.elapsed = state["step"], state["best_top1"], state["elapsed"]
+    run.skipped_steps, run.last_checkpoint = state.get("skipped_steps", 0), resumed.path
+    run.say(f"resuming {run.out} at step {run.step} of {run.total_steps} from {resumed.path}")
 
-    last_eval: Evaluation | None = None
 
-    def run_eval(at: int) -> None:
-        nonlocal best_top1, last_eval
-        sharded = distributed.is_sharded(model)
-        if main or sharded:  # a sharded model's forward pass needs every process
-            started = time.time()
-            last_eval = evaluate(eval_model(), test_loader, len(data.classes), device, cfg.precision)
-            seconds = time.time() - started
-            improved = best_top1 is None or last_eval.top1 > best_top1
-            if sharded:  # every process gathers the weights to save, or none
-                improved = procs.broadcast(improved)
-            if improved:
-                best_top1 = last_eval.top1
-                save_weights(out / BEST, {**meta, "step": str(at), "top1": str(best_top1)})
-            if main:
-                log.write({
-                    "step": at, "epoch": at / steps_per_epoch, "eval_top1": last_eval.top1,
-                    "eval_top5": last_eval.top5, "eval_loss": last_eval.loss,
-                    "eval_images_per_s": last_eval.n / max(seconds, 1e-9), "time_s": elapsed + time.time() - t0,
-                })  # fmt: skip
-                log.plot()
-                say(f"step {at}: {eval_name} top-1 {last_eval.top1:.2%}, top-5 {last_eval.top5:.2%}, "
-                    f"loss {last_eval.loss:.4f}")  # fmt: skip
-        procs.barrier()
-
-    # ---- the loop ----------------------------------------------------------------------------
-    t0 = time.time()
-    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (main and cfg.progress), dynamic_ncols=True)
-    model.train()
+def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
+    """Steps from run.step to the end, evaluating, logging and checkpointing as the config says; stops with a
+    checkpoint on SIGINT/SIGTERM. Returns the step of the last evaluation (None if there was none)."""
+    cfg, total = run.cfg, run.total_steps
+    run.t0 = time.time()
+    run.model.train()
     busy = 0.0  # seconds spent loading and training, for images/s
-    tick_busy, tick_step, evaluated_at = busy, step, None
-    signals = StopSignals().install()
-    try:
-        while step < total_steps:
-            epoch, position = divmod(step, steps_per_epoch)
-            batches = feed.epoch(epoch, position)
-            for _ in range(position, min(steps_per_epoch, position + total_steps - step)):
-                started = time.time()
-                lr = recipe.lr * lr_factor(step, total_steps, recipe.warmup, recipe.decay)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if recipe.patch_drop and hasattr(model, "set_patch_drop"):
-                    model.set_patch_drop(recipe.patch_drop if step < recipe.patch_drop_until * total_steps else 0.0)
-                # dropout, stochastic depth, Mixup: a stream apart from the images' (seed, epoch, index)
-                torch.manual_seed(mix_seed(cfg.seed, 1 << 32, step, procs.rank))
-                micro_batches = [next(batches) for _ in range(accum)]
-                loss = train_step(train_model, micro_batches, optimizer, scaler, recipe, cfg, procs, mix)
-                if not torch.isfinite(loss):
-                    if skipped_steps >= cfg.skip_nonfinite:
-                        raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1}; stopping ({last_good()})")
-                    skipped_steps += 1
-                    warnings.warn(f"loss is {loss.item()} at step {step + 1}: step skipped, weights unchanged "
-                                  f"({skipped_steps} of at most {cfg.skip_nonfinite})", stacklevel=1)  # fmt: skip
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                busy += time.time() - started
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total_steps:
-                    speed = (step - tick_step) * recipe.batch_size / max(busy - tick_busy, 1e-9)
-                    tick_busy, tick_step = busy, step
-                    log.write({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr,
-                               "images_per_s": speed, "time_s": elapsed + time.time() - t0})  # fmt: skip
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
-                if step % eval_every == 0:
-                    run_eval(step)
-                    evaluated_at = step
-                checkpoint_due = step % cfg.checkpoint_every == 0 or step == total_steps
-                if checkpoint_due:
-                    checkpoint(step)
-                if _stop_requested(signals, procs):
-                    if not checkpoint_due:
-                        checkpoint(step)
-                    signum = signals.requested or signal.SIGTERM  # another rank may have been the one signalled
-                    raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step} of {total_steps}; "
-                                      f"{last_good()}; continue with: vitkit train --resume --out {out}", signum)  # fmt: skip
-        bar.close()
-        if evaluated_at != step:
-            run_eval(step)
-        final = out / FINAL
-        save_weights(final, {**meta, "step": str(step)})
-        if main:
-            log.plot()
-    finally:
-        signals.restore()
-        bar.close()
-        log.close()
-    skipped_images = len(data.skipped_files()) + feed.skipped(procs)
-    return TrainResult(out, step, final, last_eval, best_top1, skipped_images, skipped_steps, eval_name)
+    tick_busy, tick_step, evaluated_at = busy, run.step, None
+    while run.step < total:
+        epoch, position = divmod(run.step, run.steps_per_epoch)
+        batches = run.feed.epoch(epoch, position)
+        for _ in range(position, min(run.steps_per_epoch, position + total - run.step)):
+            started = time.time()
+            loss, lr = _optimiser_step(run, batches)
+            busy += time.time() - started
+            bar.update(1)
+            if run.step % cfg.log_every == 0 or run.step == total:
+                speed = (run.step - tick_step) * cfg.recipe.batch_size / max(busy - tick_busy, 1e-9)
+                tick_busy, tick_step = busy, run.step
+                run.log.write({"step": run.step, "epoch": run.step / run.steps_per_epoch, "loss": loss.item(),
+                               "lr": lr, "images_per_s": speed, "time_s": run.time_s()})  # fmt: skip
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
+            if run.step % (cfg.eval_every or run.steps_per_epoch) == 0:
+                run.evaluate()
+                evaluated_at = run.step
+            checkpoint_due = run.step % cfg.checkpoint_every == 0 or run.step == total
+            if checkpoint_due:
+                run.checkpoint()
+            if _stop_requested(signals, run.procs):
+                if not checkpoint_due:
+                    run.checkpoint()
+                signum = signals.requested or signal.SIGTERM  # another rank may have been the one signalled
+                message = (f"stopped by {signal.Signals(signum).name} at step {run.step} of {total}; "
+                           f"{run.last_good()}; continue with: vitkit train --resume --out {run.out}")  # fmt: skip
+                raise Interrupted(message, signum)
+    return evaluated_at
+
+
+def _optimiser_step(run: _Run, batches: Any) -> tuple[torch.Tensor, float]:
+    """One optimiser step at run.step's learning rate (and patch dropout); returns (loss, lr). A non-finite
+    loss skips the step, up to --skip-nonfinite times."""
+    cfg, recipe, step = run.cfg, run.cfg.recipe, run.step
+    lr = recipe.lr * lr_factor(step, run.total_steps, recipe.warmup, recipe.decay)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    if recipe.patch_drop and hasattr(run.model, "set_patch_drop"):
+        run.model.set_patch_drop(recipe.patch_drop if step < recipe.patch_drop_until * run.total_steps else 0.0)
+    # dropout, stochastic depth, Mixup: a stream apart from the images' (seed, epoch, index)
+    torch.manual_seed(mix_seed(cfg.seed, 1 << 32, step, run.procs.rank))
+    micro_batches = [next(batches) for _ in range(run.accum)]
+    loss = train_step(run.train_model, micro_batches, run.optimizer, run.scaler, recipe, cfg, run.procs, run.mix)
+    if not torch.isfinite(loss):
+        if run.skipped_steps >= cfg.skip_nonfinite:
+            raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1}; stopping ({run.last_good()})")
+        run.skipped_steps += 1
+        warnings.warn(f"loss is {loss.item()} at step {step + 1}: step skipped, weights unchanged "
+                      f"({run.skipped_steps} of at most {cfg.skip_nonfinite})", stacklevel=1)  # fmt: skip
+    if run.ema is not None:
+        run.ema.update(run.model)
+    run.step += 1
+    return loss, lr
 
 
 def _held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
