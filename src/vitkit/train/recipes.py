@@ -155,17 +155,18 @@ RECIPES: dict[str, Recipe] = {
         clip_grad=1.0, label_smoothing=0.1, drop_path=0.1, crop_scale=(0.85, 1.0),
     ),
     # The hybrid is the ViT's Transformer on a ResNet stem; the paper trains hybrids with the ViT's recipe.
+    # benchmarks/tune_recipes.py's grid picked SGD at 0.03 (held-out 81.3%; AdamW 2e-3, the ViT's: 81.0%).
     "small-data-hybrid": Recipe(
-        optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=10, warmup=0.05, decay="cosine",
-        clip_grad=1.0, label_smoothing=0.1, drop_path=0.1, crop_scale=(0.85, 1.0),
+        optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4, batch_size=128, epochs=10, warmup=0.05,
+        decay="cosine", clip_grad=None, label_smoothing=0.1, drop_path=0.1, crop_scale=(0.85, 1.0),
     ),
-    # BiT ResNets from scratch: SGD with momentum 0.9 and L2 weight decay, the standard from-scratch recipe for
-    # ResNets on small data (He et al. 2016 on CIFAR: lr 0.1 at batch 128, wd 1e-4; BiT upstream: 0.03·b/256,
-    # wd 1e-4, warm-up), no gradient clipping (BiT clips none). The paper found Adam slightly better for its
-    # JFT ResNets (appendix D.1): benchmarks/tune_recipes.py puts both optimisers in every family's grid.
+    # BiT ResNets from scratch. The grid (benchmarks/tune_recipes.py, the same six points for every family)
+    # picked AdamW at 4e-3 with decoupled weight decay 0.05 and clipping at 1 (held-out 90.7%), over the
+    # classic SGD 0.1 / wd 1e-4 of He et al. and BiT (89.3%); the paper, too, trained its ResNets with Adam
+    # (appendix D.1).
     "small-data-resnet": Recipe(
-        optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, epochs=10, warmup=0.05,
-        decay="cosine", clip_grad=None, label_smoothing=0.1, crop_scale=(0.85, 1.0),
+        optimizer="adamw", lr=4e-3, weight_decay=0.05, batch_size=128, epochs=10, warmup=0.05, decay="cosine",
+        clip_grad=1.0, label_smoothing=0.1, crop_scale=(0.85, 1.0),
     ),
 }
 
