@@ -181,6 +181,27 @@ def test_a_study_killed_by_sigkill_mid_run_continues_and_ends_with_the_same_resu
     assert without_dirs(json.loads(again.stdout)["runs"]) == without_dirs(reference[1]["runs"])
 
 
+def test_a_run_that_diverges_is_recorded_as_diverged_and_the_study_goes_on(tmp_path, monkeypatch):
+    """SGD at lr 1e9 (the ViT's recipe only) sends the ViT's loss to NaN: its run is recorded with no accuracy
+    and the error, the ResNet's run still trains, and a rerun does not train the diverged run again."""
+    real_recipe = study.Plan.recipe
+
+    def recipe(plan, model):
+        r = real_recipe(plan, model)
+        return r.replace(optimizer="sgd", lr=1e9, clip_grad=None) if model.startswith("vit") else r
+
+    monkeypatch.setattr(study.Plan, "recipe", recipe)
+    result = study.data_scale(**{**STUDY, "sizes": [40]}, out=tmp_path)
+    vit, resnet = result["runs"]
+    assert vit["top1"] is None and vit["fewshot_10"] is None and "loss is" in vit["diverged"]
+    assert resnet["diverged"] is None and 0 <= resnet["top1"] <= 1
+    assert [r["diverged"] for r in result["summary"]] == [1, 0] and result["summary"][0]["top1"] is None
+    assert all((tmp_path / name).is_file() for name in ("study.csv", "accuracy_vs_size.png", "accuracy_vs_flops.png"))
+    (tmp_path / "study.json").unlink()
+    monkeypatch.setattr(study, "fit", lambda cfg: pytest.fail("a finished run trained again"))
+    assert study.data_scale(**{**STUDY, "sizes": [40]}, out=tmp_path)["runs"] == result["runs"]
+
+
 def test_rerunning_a_finished_study_prints_its_result_at_once_as_json(reference, capsys, monkeypatch):
     out, result = reference
     monkeypatch.setattr(study, "fit", lambda cfg: pytest.fail("a finished study trained again"))

@@ -38,7 +38,7 @@ from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
 from .models import get_config, resolve_name
 from .precision import Precision
-from .train import fit, get_recipe, make_config
+from .train import NonFiniteLoss, fit, get_recipe, make_config
 from .train.loop import BEST
 from .train.recipes import FAMILY_RECIPES, Recipe
 from .train.runlog import read_metrics
@@ -58,7 +58,7 @@ FEWSHOT_POOL = 50  # images per class whose features the 10-shot support sets ar
 FEWSHOT_SEEDS = 3
 MANIFEST, RESULT = "manifest.json", "result.json"
 RUN_FIELDS = ("model", "family", "size", "seed", "top1", "fewshot_10", "train_flops", "heldout_top1", "steps",
-              "images_seen", "run_dir")  # fmt: skip
+              "images_seen", "run_dir", "diverged")  # fmt: skip
 
 
 def resolve_models(data: str, models: Sequence[str]) -> dict[str, str]:
@@ -178,10 +178,13 @@ def _run(
     plan: Plan, model: str, size: int, seed: int, run_dir: Path, data: DataSource, pool: Subset | None,
     execution: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """Train (or resume, or skip) one run and evaluate it; its record, also written to run_dir/result.json."""
+    """Train (or resume, or skip) one run and evaluate it; its record, also written to run_dir/result.json.
+    A run whose loss goes to NaN/inf is recorded as diverged, with no accuracy, and the study goes on."""
     if (run_dir / RESULT).is_file():
         return json.loads((run_dir / RESULT).read_text())
     recipe = plan.recipe(model)
+    record = {"model": model, "family": plan.models[model], "size": size, "seed": seed, "steps": recipe.steps,
+              "images_seen": recipe.steps * recipe.batch_size, "run_dir": str(run_dir), "diverged": None}  # fmt: skip
     if not (run_dir / "model.safetensors").is_file():
         every = max(1, recipe.steps // plan.evaluations)
         cfg = make_config(
@@ -189,16 +192,18 @@ def _run(
             out=str(run_dir), resume=(run_dir / "config.yaml").is_file(), seed=seed, subset=size, subset_seed=seed,
             holdout=plan.holdout, eval_every=every, checkpoint_every=every, precision=plan.precision, **execution,
         )  # fmt: skip
-        fit(cfg)
-    device = torch.device(execution.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores = _evaluate(run_dir, data, pool, plan, device)
-    heldout = [r["eval_top1"] for r in read_metrics(run_dir / "metrics.jsonl") if "eval_top1" in r]
-    record = {
-        "model": model, "family": plan.models[model], "size": size, "seed": seed, "top1": scores["top1"],
-        "fewshot_10": scores["fewshot_10"], "train_flops": scores["step_flops"] * recipe.steps * recipe.batch_size,
-        "heldout_top1": max(heldout, default=None) if plan.holdout else None,
-        "steps": recipe.steps, "images_seen": recipe.steps * recipe.batch_size, "run_dir": str(run_dir),
-    }  # fmt: skip
+        try:
+            fit(cfg)
+        except NonFiniteLoss as e:
+            flops = step_flops(get_config(model), "train") * record["images_seen"]
+            record.update(top1=None, fewshot_10=None, train_flops=flops, heldout_top1=None, diverged=str(e))
+    if record["diverged"] is None:
+        device = torch.device(execution.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        scores = _evaluate(run_dir, data, pool, plan, device)
+        heldout = [r["eval_top1"] for r in read_metrics(run_dir / "metrics.jsonl") if "eval_top1" in r]
+        record.update(top1=scores["top1"], fewshot_10=scores["fewshot_10"],
+                      train_flops=scores["step_flops"] * record["images_seen"],
+                      heldout_top1=max(heldout, default=None) if plan.holdout else None)  # fmt: skip
     text = json.dumps(record, indent=1)
     atomic_write(run_dir / RESULT, lambda tmp: Path(tmp).write_text(text))
     return record
@@ -212,7 +217,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (model, size), group in groups.items():
         row: dict[str, Any] = {"model": model, "family": group[0]["family"], "size": size, "seeds": len(group),
-                               "train_flops": group[0]["train_flops"]}  # fmt: skip
+                               "train_flops": group[0]["train_flops"],
+                               "diverged": sum(r.get("diverged") is not None for r in group)}  # fmt: skip
         for key in ("top1", "fewshot_10"):
             values = torch.tensor([r[key] for r in group if r[key] is not None], dtype=torch.float64)
             row[key] = values.mean().item() if len(values) else None
@@ -264,7 +270,10 @@ def plot_accuracy_vs_flops(summary: list[dict[str, Any]], path: Path) -> Path:
     ax = fig.add_subplot()
     colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["model"] for r in summary))}
     for size in sorted({r["size"] for r in summary}):
-        rows = sorted((r for r in summary if r["size"] == size), key=lambda r: r["train_flops"])
+        trained = (r for r in summary if r["size"] == size and r["top1"] is not None)  # not all diverged
+        rows = sorted(trained, key=lambda r: r["train_flops"])
+        if not rows:
+            continue
         ax.plot([r["train_flops"] for r in rows], [r["top1"] for r in rows], color="grey", alpha=0.5, lw=1)
         ax.annotate(f"{size:,}", (rows[-1]["train_flops"], rows[-1]["top1"]), fontsize=7, xytext=(4, 0),
                     textcoords="offset points", va="center")  # fmt: skip
