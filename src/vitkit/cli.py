@@ -112,15 +112,6 @@ def _load_model(path: str, device: str | None, precision: str = "fp32") -> Any:
     return model.to(device or default).eval()
 
 
-def _int8(model: Any, calibrate: str | None, data_root: str | None = None) -> Any:
-    """`model` quantised to int8, calibrated on a few hundred training images of dataset `calibrate`."""
-    from .quantize import calibration_batches, quantize
-
-    if not calibrate:
-        raise ValueError("--precision int8 needs calibration images: --calibrate DATASET (its training split)")
-    return quantize(model, calibration_batches(calibrate, model.config, root=data_root))
-
-
 def _eval(args: argparse.Namespace) -> int:
     from .data import load_data
     from .data.streaming import first
@@ -134,7 +125,9 @@ def _eval(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     loader = eval_loader(dataset, model.config.data_config, data.channels, args.batch_size, args.workers)
     if args.precision == "int8":
-        model, args.precision = _int8(model, args.calibrate or args.data, args.data_root), "fp32"
+        from .quantize import quantize_calibrated
+
+        model, args.precision = quantize_calibrated(model, args.calibrate or args.data, args.data_root), "fp32"
     ev = evaluate(model, loader, len(data.classes), device, args.precision)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +169,9 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     model = _load_model(args.checkpoint, args.device, args.precision)
     if args.precision == "int8":
-        model = _int8(model, args.calibrate)
+        from .quantize import quantize_calibrated
+
+        model = quantize_calibrated(model, args.calibrate)
     predictions = predict_files(model, args.images, checkpoint_classes(args.checkpoint), args.topk)
     for p in predictions:
         if p.error is not None:

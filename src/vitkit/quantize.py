@@ -115,6 +115,15 @@ def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], compile: boo
         return Int8Model(convert_pt2e(observed), model.config, compile)
 
 
+def quantize_calibrated(
+    model: nn.Module, calibrate: str | None, root: str | os.PathLike | None = None, compile: bool = True
+) -> Int8Model:
+    """`quantize` calibrated on a few hundred training images of dataset `calibrate` (`--calibrate`)."""
+    if not calibrate:
+        raise ValueError("--precision int8 needs calibration images: --calibrate DATASET (its training split)")
+    return quantize(model, calibration_batches(calibrate, model.config, root=root), compile)
+
+
 # ---- calibration images --------------------------------------------------------------------------
 def calibration_batches(
     spec: str,

@@ -298,18 +298,11 @@ def app_from_checkpoint(
     model = load(path).to(device or ("cuda" if on_gpu else "cpu"))
     dataset = checkpoint_metadata(path).get("dataset")
     if precision == "int8":
-        options["int8"] = _int8_model(model, calibrate or dataset, options.get("max_batch", 32))
+        from ..quantize import quantize_calibrated
+
+        options["int8"] = quantize_calibrated(model, calibrate or dataset)
+        options["int8"].warm_up(options.get("max_batch", 32))
     else:
         options["precision"] = precision
     return create_app(model, checkpoint_classes(path), checksum=file_sha256(path), dataset=dataset, **options)
 
-
-def _int8_model(model: torch.nn.Module, calibrate: str | None, max_batch: int) -> torch.nn.Module:
-    from ..quantize import calibration_batches, quantize
-
-    if not calibrate:
-        raise ValueError("--precision int8 needs calibration images: --calibrate DATASET (its training split); "
-                         "the checkpoint names no training dataset")  # fmt: skip
-    int8 = quantize(model, calibration_batches(calibrate, model.config))
-    int8.warm_up(max_batch)
-    return int8
