@@ -19,7 +19,7 @@ import vitkit.train.loop as loop
 from vitkit.checkpoints.io import save
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
 from vitkit.train import RECIPES, NonFiniteLoss, fit, get_recipe, lr_factor, make_config
-from vitkit.train.optim import param_groups
+from vitkit.train.optim import build_optimizer, param_groups
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
@@ -61,6 +61,42 @@ def test_weight_decay_applies_to_weight_matrices_only():
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in no_decay["params"]} >= {"pos_embed", "cls_token", "blocks.0.norm1.weight", "head.bias"}
     assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_muon_steps_each_hidden_matrix_by_the_polar_factor_of_its_gradient_and_adamw_the_rest():
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_test_patch4_16")
+    torch.nn.init.normal_(model.head.weight)  # not the zero head: the blocks get gradients
+    optimizer = build_optimizer(model, get_recipe("fashion-cpu", optimizer="muon", weight_decay=0.0, lr=1e-2))
+    muon, adamw = optimizer.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    stepped = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert stepped == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2}
+    assert {names[id(p)] for g in adamw.param_groups for p in g["params"]} == set(names.values()) - stepped
+    assert len(optimizer.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randn(256, 3, 16, 16)).logsumexp(-1).sum().backward()  # gradients of full rank
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name in stepped:  # the naive reference: -lr * 0.2 sqrt(max(A, B)) U V^T for the SVD G = U S V^T
+            u, _, vt = torch.linalg.svd(grads[name], full_matrices=False)
+            polar = -1e-2 * 0.2 * max(p.shape) ** 0.5 * (u @ vt)
+            delta = p.detach() - before[name]
+            assert torch.nn.functional.cosine_similarity(delta.flatten(), polar.flatten(), dim=0) > 0.9, name
+            assert 0.7 < delta.norm() / polar.norm() < 1.3, name  # Newton-Schulz: singular values near 1
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    state = optimizer.state_dict()
+    fresh = build_optimizer(model, get_recipe("fashion-cpu", optimizer="muon"))
+    fresh.load_state_dict(state)
+    assert str(fresh.state_dict()) == str(state)
+
+
+def test_muon_under_fsdp_is_a_one_line_error(data_root, tmp_path):
+    with pytest.raises(ValueError, match="--fsdp shards each weight matrix, and Muon orthogonalises whole ones"):
+        fit(tiny(data_root, tmp_path / "run", {"optimizer": "muon"}, fsdp=True))
 
 
 def test_named_recipes_follow_the_paper():
@@ -118,10 +154,13 @@ def load_metadata(path: Path) -> dict[str, str]:
     return checkpoint_metadata(path)
 
 
-def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(data_root, tmp_path, monkeypatch,
+                                                                          optimizer):
     # everything random at once: augmentation, Mixup/CutMix, stochastic depth, patch dropout (ending after
     # step 6, past the checkpoint resumed from), EMA, a worker process
-    recipe = {"steps": 11, "randaugment": (2, 9), "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1, "ema_decay": 0.9,
+    recipe = {"steps": 11, "optimizer": optimizer, "randaugment": (2, 9), "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1,
+              "ema_decay": 0.9,
               "patch_drop": 0.5, "patch_drop_until": 0.6}
     fit(tiny(data_root, tmp_path / "whole", recipe, checkpoint_every=3, workers=1))
 

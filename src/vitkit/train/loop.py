@@ -349,6 +349,9 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     recipe, out = cfg.recipe, Path(cfg.out)
     if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
+    if cfg.fsdp and recipe.optimizer == "muon":
+        raise ValueError("--fsdp shards each weight matrix, and Muon orthogonalises whole ones: leave out --fsdp (DDP) "
+                         "or use --optimizer adamw")  # fmt: skip
     if cfg.fsdp and not procs.distributed:
         raise ValueError("--fsdp shards the model over several processes: launch with torchrun --nproc-per-node K")
     if cfg.fsdp and recipe.ema_decay:
