@@ -92,6 +92,8 @@ def test_muon_steps_each_hidden_matrix_by_the_polar_factor_of_its_gradient_and_a
     fresh = build_optimizer(model, get_recipe("fashion-cpu", optimizer="muon"))
     fresh.load_state_dict(state)
     assert str(fresh.state_dict()) == str(state)
+    resnet = build_optimizer(vitkit.create_model("resnetv2_test_16"), get_recipe("fashion-cpu", optimizer="muon"))
+    assert isinstance(resnet, torch.optim.AdamW)  # no Transformer matrices: AdamW on every parameter
 
 
 def test_muon_under_fsdp_is_a_one_line_error(data_root, tmp_path):
@@ -294,7 +296,7 @@ def test_fsdp_shards_a_bit_resnet_by_bottleneck_and_trains_like_one_process(data
 
 def test_fsdp_without_torchrun_is_a_one_line_error(data_root, tmp_path):
     with pytest.raises(ValueError, match="--fsdp shards the model over several processes: launch with torchrun"):
-        fit(tiny(data_root, tmp_path / "run", fsdp=True))
+        fit(tiny(data_root, tmp_path / "run", {"optimizer": "adamw"}, fsdp=True))
     assert not (tmp_path / "run").exists()
 
 

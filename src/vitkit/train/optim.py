@@ -3,8 +3,9 @@
 Muon (Jordan et al. 2024; torch.optim.Muon) orthogonalises the momentum of each hidden weight matrix
 by Newton-Schulz iterations before the step. It applies to 2-D matrices only, so the `muon` recipe
 steps the Transformer's matrices (qkv, proj, fc1, fc2) with Muon and everything else (the patch
-embedding, the head, biases, norms, position embeddings) with AdamW, at the same learning rate and
-weight decay: Muon's update is scaled to AdamW's RMS ("match_rms_adamw", Liu et al. 2025).
+embedding, the head, biases, norms, position embeddings; all of a BiT ResNet, which has no such
+matrices) with AdamW, at the same learning rate and weight decay: Muon's update is scaled to AdamW's
+RMS ("match_rms_adamw", Liu et al. 2025).
 """
 
 from __future__ import annotations
@@ -75,9 +76,13 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer |
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.betas)
     matrices = {name: p for name, p in model.named_parameters() if p.requires_grad and _hidden_matrix(name, p)}
-    if not matrices:
-        raise ValueError("recipe: optimizer muon needs 2-D weight matrices to orthogonalise; this model has none")
+
+    def adamw(params: list) -> torch.optim.AdamW:
+        return torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas)
+
+    if not matrices:  # a BiT ResNet: convolution kernels only, so "the rest" is every parameter
+        return adamw(param_groups(model, recipe.weight_decay))
     muon = torch.optim.Muon(list(matrices.values()), lr=recipe.lr, weight_decay=recipe.weight_decay,
                             momentum=recipe.momentum, adjust_lr_fn="match_rms_adamw")  # fmt: skip
     rest = [g for g in param_groups(model, recipe.weight_decay, skip=set(matrices)) if g["params"]]
-    return Composite(muon, torch.optim.AdamW(rest, lr=recipe.lr, betas=recipe.betas))
+    return Composite(muon, adamw(rest))
