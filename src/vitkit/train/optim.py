@@ -27,7 +27,7 @@ def _decays(name: str, p: torch.Tensor) -> bool:
 
 def _hidden_matrix(name: str, p: torch.Tensor) -> bool:
     """A matrix Muon steps: 2-D, not the classifier head (whose rows are per-class, not a hidden map)."""
-    return p.ndim == 2 and _decays(name, p) and not name.startswith(("head.", "fc_norm."))
+    return p.ndim == 2 and _decays(name, p) and not name.startswith("head.")
 
 
 def param_groups(model: nn.Module, weight_decay: float, skip: set[str] = frozenset()) -> list[dict]:
@@ -50,10 +50,6 @@ class Composite:
     def param_groups(self) -> list[dict]:
         return [g for o in self.optimizers for g in o.param_groups]
 
-    @property
-    def state(self) -> dict:
-        return {k: v for o in self.optimizers for k, v in o.state.items()}
-
     def step(self, closure: Any = None) -> None:
         for o in self.optimizers:
             o.step()
@@ -73,16 +69,13 @@ class Composite:
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer | Composite:
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(param_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.betas)
-    matrices = {name: p for name, p in model.named_parameters() if p.requires_grad and _hidden_matrix(name, p)}
-
-    def adamw(params: list) -> torch.optim.AdamW:
-        return torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas)
-
-    if not matrices:  # a BiT ResNet: convolution kernels only, so "the rest" is every parameter
-        return adamw(param_groups(model, recipe.weight_decay))
+    # muon: the hidden matrices to Muon, the rest to AdamW; a BiT ResNet has none, so AdamW takes it all
+    matrices = {name: p for name, p in model.named_parameters()
+                if recipe.optimizer == "muon" and p.requires_grad and _hidden_matrix(name, p)}  # fmt: skip
+    rest = param_groups(model, recipe.weight_decay, skip=set(matrices))
+    adamw = torch.optim.AdamW(rest, lr=recipe.lr, betas=recipe.betas)
+    if not matrices:
+        return adamw
     muon = torch.optim.Muon(list(matrices.values()), lr=recipe.lr, weight_decay=recipe.weight_decay,
                             momentum=recipe.momentum, adjust_lr_fn="match_rms_adamw")  # fmt: skip
-    rest = [g for g in param_groups(model, recipe.weight_decay, skip=set(matrices)) if g["params"]]
-    return Composite(muon, adamw(rest))
+    return Composite(muon, adamw)
