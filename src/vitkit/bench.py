@@ -262,7 +262,8 @@ def check_agreement(
     worst = max((a - b).abs().max().item() for a, b in zip(ours, theirs))
     if precision == "fp32":
         if not worst <= FP32_ATOL:
-            raise RuntimeError(f"vitkit and timm disagree on {model.config.name} (fp32, {mode}): max |diff| {worst:.3g}")
+            name = model.config.name
+            raise RuntimeError(f"vitkit and timm disagree on {name} (fp32, {mode}): max |diff| {worst:.3g}")
         return worst
     assert reference is not None
     ours_rel, theirs_rel = (
@@ -438,6 +439,54 @@ def _measure(spec: RowSpec, isolate: bool) -> dict[str, Any]:
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
+def _check_settings(
+    precision: str, mode: str, compile: bool, runtime: str, compare: str | None, device: DeviceType | None
+) -> tuple[DeviceType, bool]:
+    """Reject settings `benchmark` cannot measure, in one line; return the device and compile flag to use."""
+    if precision not in ("fp32", "bf16", "fp16", "int8") or mode not in ("infer", "train"):
+        raise ValueError(f"precision must be fp32, bf16, fp16 or int8, mode infer or train; got {precision}, {mode}")
+    if precision == "int8" and (mode != "infer" or runtime != "torch" or device == "cuda"):
+        raise ValueError("--precision int8 is inference on CPU with --runtime torch")
+    if precision == "int8":
+        device, compile = "cpu", True  # the int8 row always compiles: that is what runs oneDNN's int8 kernels
+    if runtime == "onnxruntime" and (precision != "fp32" or mode != "infer" or compile):
+        raise ValueError("--runtime onnxruntime runs fp32 inference without --compile")
+    if runtime not in ("torch", "onnxruntime") or compare not in (None, "timm"):
+        raise ValueError(f"unknown runtime {runtime!r} or compare {compare!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
+    return device, compile
+
+
+def _exported(model: nn.Module, spec: RowSpec, tmp: Path) -> tuple[RowSpec, float]:
+    """Export `model` to ONNX under `tmp` (checked on photographs); the row spec that times that file, and
+    the export's largest logit difference from PyTorch."""
+    from .export import export_onnx
+
+    if spec.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError("--runtime onnxruntime --device cuda needs onnxruntime-gpu")
+    report = export_onnx(model, tmp / "model.onnx")
+    return replace(spec, onnx_path=report["path"]), report["max_abs_diff"]
+
+
+def _add_rates(result: dict[str, Any], rows: dict[str, dict[str, Any]], gflops: float, peak: float) -> None:
+    """Fill `result` with each row's timings and the rates derived from them (prefix "" or "timm_")."""
+    result.update(gflops_per_image=gflops, matmul_peak_gflops_per_s=peak)
+    for prefix, row in rows.items():
+        images_per_s = result["batch_size"] / (row["latency_ms"] / 1e3)
+        result.update({f"{prefix}{k}": v for k, v in row.items()})
+        result[f"{prefix}images_per_s"] = images_per_s
+        result[f"{prefix}gflops_per_s"] = gflops * images_per_s
+        result[f"{prefix}fraction_of_peak"] = gflops * images_per_s / peak
+    if "timm_" in rows:
+        result["timm_runtime"] = "torch"
+        result["ratio"] = result["images_per_s"] / result["timm_images_per_s"]
+
+
 def benchmark(
     model_name: str,
     batch_size: int = 16,
@@ -474,19 +523,7 @@ def benchmark(
     bf16 weights, eager; the peak is bf16's. Adds logit_cosine_vs_fp32 and top1_agreement_vs_fp32 on
     scikit-image's sample photographs, in place of max_abs_diff.
     """
-    if precision not in ("fp32", "bf16", "fp16", "int8") or mode not in ("infer", "train"):
-        raise ValueError(f"precision must be fp32, bf16, fp16 or int8, mode infer or train; got {precision}, {mode}")
-    if precision == "int8" and (mode != "infer" or runtime != "torch" or device == "cuda"):
-        raise ValueError("--precision int8 is inference on CPU with --runtime torch")
-    if precision == "int8":
-        device, compile = "cpu", True  # the int8 row always compiles: that is what runs oneDNN's int8 kernels
-    if runtime == "onnxruntime" and (precision != "fp32" or mode != "infer" or compile):
-        raise ValueError("--runtime onnxruntime runs fp32 inference without --compile")
-    if runtime not in ("torch", "onnxruntime") or compare not in (None, "timm"):
-        raise ValueError(f"unknown runtime {runtime!r} or compare {compare!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA device")
+    device, compile = _check_settings(precision, mode, compile, runtime, compare, device)
     dev = torch.device(device)
     threads = threads or torch.get_num_threads()
     model = bench_model(model_name, img_size, seed)
@@ -504,16 +541,7 @@ def benchmark(
         )  # fmt: skip
         save_file(model.state_dict(), spec.weights_path)
         if runtime == "onnxruntime":
-            from .export import export_onnx
-
-            if device == "cuda":
-                import onnxruntime as ort
-
-                if "CUDAExecutionProvider" not in ort.get_available_providers():
-                    raise ValueError("--runtime onnxruntime --device cuda needs onnxruntime-gpu")
-            report = export_onnx(model, Path(tmp) / "model.onnx")
-            result["onnx_max_abs_diff"] = report["max_abs_diff"]
-            spec = replace(spec, onnx_path=report["path"])
+            spec, result["onnx_max_abs_diff"] = _exported(model, spec, Path(tmp))
         if compare == "timm" and precision != "int8":
             result["max_abs_diff"] = check_agreement(model, precision, mode, dev)  # needs timm, or says so
             import timm
@@ -529,16 +557,7 @@ def benchmark(
             if precision == "int8":  # the peer's fastest CPU path
                 timm_spec = replace(timm_spec, precision="bf16", compile=False)
             rows["timm_"] = _measure(timm_spec, isolate)
-    result.update(gflops_per_image=gflops, matmul_peak_gflops_per_s=peak)
-    for prefix, row in rows.items():
-        images_per_s = batch_size / (row["latency_ms"] / 1e3)
-        result.update({f"{prefix}{k}": v for k, v in row.items()})
-        result[f"{prefix}images_per_s"] = images_per_s
-        result[f"{prefix}gflops_per_s"] = gflops * images_per_s
-        result[f"{prefix}fraction_of_peak"] = gflops * images_per_s / peak
-    if compare == "timm":
-        result["timm_runtime"] = "torch"
-        result["ratio"] = result["images_per_s"] / result["timm_images_per_s"]
+    _add_rates(result, rows, gflops, peak)
     return result
 
 

@@ -223,18 +223,28 @@ def create_app(
         top, (_, rollout), image = await classify(request, topk, "explain")
         return answer(top, start, **await run_in_threadpool(explanation, image, rollout, cfg.mean, cfg.std))
 
-    @app.get("/v1/model", dependencies=protected)
-    def model_info() -> dict[str, Any]:
-        H, W = cfg.img_size
-        return {
-            "name": cfg.name, "family": getattr(cfg, "family", "vit"), "classes": names,
-            "input_size": [cfg.in_chans, H, W], "explain": "explain" in batchers, "sha256": checksum,
-            "preprocessing": {"resize": [round(H / cfg.crop_pct), round(W / cfg.crop_pct)], "crop": [H, W],
-                              "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
-                              "mean": list(cfg.mean), "std": list(cfg.std), "channels": cfg.in_chans},
-            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "precision": "int8" if int8 else precision,
-            "max_upload_bytes": max_upload_bytes,
-        }  # fmt: skip
+    info = _model_info(cfg, names, checksum, "explain" in batchers, "int8" if int8 else precision,
+                       max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_bytes=max_upload_bytes)  # fmt: skip
+    app.get("/v1/model", dependencies=protected)(lambda: info)
+    _add_page_routes(app, page, metrics)
+    return app
+
+
+def _model_info(cfg: Any, names: list[str], checksum: str | None, explain: bool, precision: str, **limits: Any) -> dict:
+    """What /v1/model reports: the model, its classes, the preprocessing a client must match, and the limits."""
+    H, W = cfg.img_size
+    return {
+        "name": cfg.name, "family": getattr(cfg, "family", "vit"), "classes": names,
+        "input_size": [cfg.in_chans, H, W], "explain": explain, "sha256": checksum,
+        "preprocessing": {"resize": [round(H / cfg.crop_pct), round(W / cfg.crop_pct)], "crop": [H, W],
+                          "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
+                          "mean": list(cfg.mean), "std": list(cfg.std), "channels": cfg.in_chans},
+        "precision": precision, **limits,
+    }  # fmt: skip
+
+
+def _add_page_routes(app: FastAPI, page: dict[str, tuple[bytes, str]], metrics: Metrics) -> None:
+    """The unauthenticated routes: /healthz, /metrics, and the web page with its assets and sample images."""
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -257,7 +267,6 @@ def create_app(
     app.get("/", include_in_schema=False)(lambda: asset("index.html"))
     app.get("/static/{name}", include_in_schema=False)(asset)
     app.get("/samples/{name}", include_in_schema=False)(lambda name: asset(f"samples/{name}"))
-    return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
