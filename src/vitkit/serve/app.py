@@ -230,7 +230,9 @@ def create_app(
     return app
 
 
-def _model_info(cfg: Any, names: list[str], checksum: str | None, explain: bool, precision: str, **limits: Any) -> dict:
+def _model_info(
+    cfg: Any, names: list[str], checksum: str | None, explain: bool, precision: str, **limits: float
+) -> dict[str, Any]:
     """What /v1/model reports: the model, its classes, the preprocessing a client must match, and the limits."""
     H, W = cfg.img_size
     return {

@@ -143,7 +143,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     # The Fashion-MNIST benchmark: vit_fashion_patch4_28 with bf16 autocast on 2 AVX512-BF16 CPU cores,
     # 70 epochs, sized to 60 minutes at the speed of 2026-11-26's VM: 94% after 58 epochs (about 47-51
-    # minutes at that speed; 97.8 on the 2026-12-03 VM at half speed), 94.2% at the end; `--epochs 27`:
+    # minutes at that speed; 97.8 on the 2026-12-03 VM at half speed), 94.27% at the end; `--epochs 27`:
     # 93% after 24 epochs (docs/benchmarks.md). Muon on the Transformer's
     # matrices: in equal-time probes it led AdamW by 4 points (90.6% vs 86.6% after 9 epochs, 22 vs 20
     # minutes). Half of each image's patches for the first 80% of the run (1.55x the images/s), then all of
