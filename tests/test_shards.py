@@ -29,6 +29,7 @@ from vitkit.cli import main
 from vitkit.data import load_data
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
 from vitkit.data.streaming import StreamedSplit
+from vitkit.files import sha256_file
 from vitkit.train import fit, make_config
 
 pytestmark = pytest.mark.skipif(
@@ -78,7 +79,7 @@ def test_shard_writes_an_index_with_classes_counts_and_checksums(fashion_shards,
     train = index["splits"]["train"]
     assert train["samples"] == N and [s["samples"] for s in train["shards"]] == [10] * 9 + [6]
     for entry in train["shards"]:
-        assert shards.sha256_file(fashion_shards / entry["name"]) == entry["sha256"]
+        assert sha256_file(fashion_shards / entry["name"]) == entry["sha256"]
     sample = next(iter(wds.WebDataset(str(fashion_shards / "train-000000.tar"), shardshuffle=False)))
     assert sample["__key__"] == "train-00000000" and int(sample["cls"]) == fashion.train[0][1]
 

@@ -10,7 +10,6 @@ the rest. index.json is written last.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import sys
@@ -23,7 +22,7 @@ import webdataset as wds
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..checkpoints.io import atomic_write
+from ..files import atomic_write, sha256_file
 from .datasets import DataSource, load_data
 
 INDEX, PROGRESS, FORMAT = "index.json", ".progress.json", "vitkit-shards/1"
@@ -75,14 +74,6 @@ class Progress:
         text = json.dumps({"source": self.source, "options": asdict(self.options),
                            "splits": {s: [asdict(r) for r in rs] for s, rs in self.splits.items()}})  # fmt: skip
         atomic_write(out / PROGRESS, lambda tmp: Path(tmp).write_text(text))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encode(image: Any, options: ShardOptions) -> bytes:
