@@ -217,6 +217,18 @@ def test_a_wds_path_without_an_index_says_how_to_make_one(tmp_path, capsys):
     ]
 
 
+def test_an_index_of_another_format_is_a_one_line_error_naming_the_file_and_the_expected_format(
+    fashion_shards, tmp_path, capsys
+):
+    broken = copy_of(fashion_shards, tmp_path / "shards")
+    index = json.loads((broken / "index.json").read_text())
+    (broken / "index.json").write_text(json.dumps({**index, "format": "vitkit-shards/2"}))
+    assert main(["train", "--data", f"wds:{broken}", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vitkit train: error: wds:{broken}: {broken / 'index.json'} has format 'vitkit-shards/2', "
+        "expected 'vitkit-shards/1' (write it with this version's vitkit shard)"
+    ]
+
 
 def test_a_study_reads_its_nested_subsets_from_shards(fashion_shards, data_root, tmp_path, capsys):
     """The study draws subsets by index: a streamed split is held in memory (encoded) and read like the
