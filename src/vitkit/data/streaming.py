@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
+from webdataset.filters import shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .images import ImageDecodeError, open_image, to_rgb
@@ -263,7 +263,7 @@ class StreamedSplit(IterableDataset):
         records: Iterator[Any] = self._records(first, last)
         if plan.train:
             rng = random.Random(mix_seed(plan.seed, plan.epoch, plan.rank * plan.streams + part))
-            records = _shuffle(records, bufsize=plan.buffer, initial=plan.buffer, rng=rng)
+            records = shuffle(bufsize=plan.buffer, initial=plan.buffer, rng=rng)(records)
         taken = (plan.start + worker) // plan.streams * plan.batch
         last_good, owed = None, 0
         for record in itertools.islice(records, taken, None):
