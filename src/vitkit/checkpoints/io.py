@@ -16,6 +16,7 @@ from torch import nn
 
 from ..files import atomic_write
 from ..models import ModelConfig, config_from_dict
+from ..version import __version__
 
 FORMAT_TAG = "vitkit"
 META_FORMAT, META_CONFIG, META_VERSION, META_DIGEST = "format", "vitkit_config", "vitkit_version", "vitkit_sha256"
@@ -46,8 +47,6 @@ def save(
     `metadata`: extra string entries (class names, training step, ...) stored in the header.
     `state`: the weights to write instead of model.state_dict() (those gathered from a sharded model).
     """
-    from .. import __version__
-
     state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
     meta = dict(metadata or {})
     meta.update({
