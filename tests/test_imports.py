@@ -149,15 +149,20 @@ def test_no_import_cycle_even_through_imports_inside_functions():
     assert not found, "import cycles:\n" + "\n".join(found)
 
 
-def test_the_cycle_finder_finds_a_cycle_and_names_its_lines(tmp_path, monkeypatch):
-    """The checks above can fail: two modules that import each other, one of them inside a function."""
-    (tmp_path / "__init__.py").write_text("")
-    (tmp_path / "a.py").write_text("from . import b\n")
-    (tmp_path / "b.py").write_text("def f():\n    from .a import x\n")
+def fake_package(tmp_path: Path, monkeypatch, files: dict[str, str]) -> str:
+    """Point the checks at a package of `files` (name -> source) in tmp_path; returns the folder's name."""
+    for name, source in {"__init__.py": "", **files}.items():
+        (tmp_path / name).write_text(source)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "MODULES", {module_name(p): p for p in sorted(tmp_path.glob("*.py"))})
+    return tmp_path.name
+
+
+def test_the_cycle_finder_finds_a_cycle_and_names_its_lines(tmp_path, monkeypatch):
+    """The checks above can fail: two modules that import each other, one of them inside a function."""
+    b = "def f():\n    from .a import x\n"
+    name = fake_package(tmp_path, monkeypatch, {"a.py": "from . import b\n", "b.py": b})
     assert cycles({MODULE}) == []
-    name = tmp_path.name
     assert cycles({MODULE, FUNCTION}) == [
         f"vitkit.a -> vitkit.b ({name}/a.py:1 {MODULE}); vitkit.b -> vitkit.a ({name}/b.py:2 {FUNCTION})"
     ]
@@ -195,10 +200,6 @@ def test_no_module_imports_another_modules_private_name():
 
 
 def test_the_private_name_check_finds_one(tmp_path, monkeypatch):
-    (tmp_path / "__init__.py").write_text("")
-    (tmp_path / "a.py").write_text("_x = 1\n")
-    (tmp_path / "b.py").write_text("from .a import _x\nfrom . import a\ny = a._x\n")
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", {module_name(p): p for p in sorted(tmp_path.glob("*.py"))})
-    name = tmp_path.name
+    b = "from .a import _x\nfrom . import a\ny = a._x\n"
+    name = fake_package(tmp_path, monkeypatch, {"a.py": "_x = 1\n", "b.py": b})
     assert private_imports() == [f"{name}/b.py:1: vitkit.a._x", f"{name}/b.py:3: vitkit.a._x"]
