@@ -1,5 +1,5 @@
-"""The package's import structure (docs/ARCHITECTURE.md): every module imports on its own, imports form no
-cycle, and no module imports another module's `_private` name.
+"""The package's import structure (docs/ARCHITECTURE.md): every module imports on its own, imports go down
+the layers, they form no cycle, and no module imports another module's `_private` name.
 
 The rule for cycles: an edge A -> B is any `import`/`from ... import` in A's source that names a vitkit
 module B (a `from P import x` names P.x when that is a module, else the module P), resolved from relative
@@ -139,6 +139,45 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     assert proc.stdout.strip() == ""
 
 
+# docs/ARCHITECTURE.md's layers, top to bottom: a room imports any room of a lower layer, and one of its own
+# layer only along ARROWS. A room is a top-level module or subpackage of vitkit ("vitkit" is the package root,
+# the public API, which re-exports from checkpoints, models and data).
+LAYERS = [
+    {"__main__"},
+    {"cli"},
+    {"study", "serve", "bench"},
+    {"train", "evaluate", "analysis", "export", "quantize", "inference", "flops", "peers", "measure"},
+    {"vitkit", "checkpoints"},
+    {"models"},
+    {"data"},
+    {"files", "precision", "hardware", "version"},
+]
+ARROWS = {("train", "evaluate"), ("analysis", "evaluate"), ("quantize", "evaluate"), ("export", "quantize"),
+          ("peers", "flops"), ("vitkit", "checkpoints")}  # fmt: skip
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "vitkit"
+
+
+def upward_imports() -> list[str]:
+    """Imports of a room from a higher layer, or from its own layer against ARROWS; rooms in no layer."""
+    layer = {r: i for i, rooms in enumerate(LAYERS) for r in rooms}
+    found = sorted({f"{room(m)} is in no layer of LAYERS" for m in MODULES if room(m) not in layer})
+    for (a, b), imps in sorted(edges().items()):
+        ra, rb = room(a), room(b)
+        if ra in layer and rb in layer and ra != rb:
+            if layer[ra] > layer[rb] or (layer[ra] == layer[rb] and (ra, rb) not in ARROWS):
+                found.append(f"{a} -> {b} ({', '.join(f'{x.where} {x.kind}' for x in imps)})")
+    return found
+
+
+def test_imports_go_down_the_layers():
+    found = upward_imports()
+    assert not found, "imports against the layers of docs/ARCHITECTURE.md:\n" + "\n".join(found)
+
+
 def test_no_import_cycle_among_module_level_imports():
     found = cycles({MODULE})
     assert not found, "import cycles:\n" + "\n".join(found)
@@ -203,3 +242,10 @@ def test_the_private_name_check_finds_one(tmp_path, monkeypatch):
     b = "from .a import _x\nfrom . import a\ny = a._x\n"
     name = fake_package(tmp_path, monkeypatch, {"a.py": "_x = 1\n", "b.py": b})
     assert private_imports() == [f"{name}/b.py:1: vitkit.a._x", f"{name}/b.py:3: vitkit.a._x"]
+
+
+def test_the_layer_check_finds_an_upward_import_and_an_unplaced_room(tmp_path, monkeypatch):
+    name = fake_package(tmp_path, monkeypatch, {"data.py": "from . import models\n", "models.py": "", "new.py": ""})
+    monkeypatch.setattr(sys.modules[__name__], "LAYERS", [{"vitkit", "models"}, {"data"}])
+    upward = f"vitkit.data -> vitkit.models ({name}/data.py:1 {MODULE})"
+    assert upward_imports() == ["new is in no layer of LAYERS", upward]
