@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from vitkit.bench import DTYPES, bench_model, timm_twin
-from vitkit.precision import autocast
+from vitkit.bench import bench_model
+from vitkit.peers import timm_twin
+from vitkit.precision import DTYPES, autocast
 
 RESULTS = Path(__file__).parent / "results"
 GROUPS = {  # operator name fragment -> group

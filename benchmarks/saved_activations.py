@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitkit.bench import bench_model, timm_twin
+from vitkit.bench import bench_model
+from vitkit.peers import timm_twin
 from vitkit.precision import autocast
 
 RESULTS = Path(__file__).parent / "results"

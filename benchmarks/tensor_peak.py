@@ -27,7 +27,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from vitkit.bench import bench_model, timm_twin
+from vitkit.bench import bench_model
+from vitkit.peers import timm_twin
 from vitkit.precision import autocast
 
 RESULTS = Path(__file__).parent / "results"

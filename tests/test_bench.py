@@ -14,6 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
 from vitkit import bench
+from vitkit.flops import forward_flops, step_flops
+from vitkit.peers import timm_twin
 
 TINY = "vit_test_patch4_16"  # 16×16 images, patch 4, depth 2, width 32
 ROW_FIELDS = ["images_per_s", "latency_ms", "latency_ms_min", "latency_ms_max", "peak_memory_mb", "gflops_per_s",
@@ -46,30 +48,30 @@ def counted_flops(model: torch.nn.Module, x: torch.Tensor, train: bool = False) 
 def test_analytic_forward_flops_equal_flop_counter(overrides):
     model = vitkit.create_model(TINY, **overrides).eval()
     x = torch.randn(3, 3, *model.config.img_size)
-    assert 3 * bench.forward_flops(model.config) == counted_flops(model, x)
+    assert 3 * forward_flops(model.config) == counted_flops(model, x)
 
 
 def test_analytic_training_flops_equal_flop_counter_forward_and_backward():
     model = vitkit.create_model(TINY).train()
     x = torch.randn(3, 3, 16, 16)
-    assert 3 * bench.step_flops(model.config, "train") == counted_flops(model, x, train=True)
+    assert 3 * step_flops(model.config, "train") == counted_flops(model, x, train=True)
 
 
 def test_vit_b16_forward_is_the_commonly_quoted_17_6_gflops():
     # timm and the DeiT paper quote 17.6 GFLOPs (MACs, as fvcore counts) for ViT-B/16 at 224
-    assert bench.forward_flops(vitkit.get_config("vit_base_patch16_224")) / 2e9 == pytest.approx(17.56, abs=0.01)
+    assert forward_flops(vitkit.get_config("vit_base_patch16_224")) / 2e9 == pytest.approx(17.56, abs=0.01)
 
 
 def test_hybrids_are_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="hybrid"):
-        bench.forward_flops(vitkit.get_config("vit_tiny_r_s16_p8_224"))
+        forward_flops(vitkit.get_config("vit_tiny_r_s16_p8_224"))
 
 
 # ---- the benchmark -------------------------------------------------------------------------------------
 def test_timm_twin_computes_the_same_function():
     model = bench.bench_model(TINY).eval()
     x = torch.randn(2, 3, 16, 16)
-    torch.testing.assert_close(bench.timm_twin(model)(x), model(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(timm_twin(model)(x), model(x), atol=1e-5, rtol=0)
     assert model(x).std() > 0.1  # the head is random, so agreeing logits mean something
 
 
@@ -80,7 +82,7 @@ def test_bench_against_timm_produces_every_field_and_agreeing_outputs(precision,
         assert result[field] > 0 or field == "peak_memory_mb", field
         assert f"timm_{field}" in result
     assert result["ratio"] == pytest.approx(result["images_per_s"] / result["timm_images_per_s"])
-    assert result["gflops_per_image"] == bench.step_flops(vitkit.get_config(TINY), mode) / 1e9
+    assert result["gflops_per_image"] == step_flops(vitkit.get_config(TINY), mode) / 1e9
     assert result["max_abs_diff"] <= (1e-4 if precision == "fp32" else 0.1)
     assert result["precision"] == precision and result["mode"] == mode
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import vitkit
 from vitkit.checkpoints.formats import CheckpointError, read_checkpoint
-from vitkit.checkpoints.io import atomic_write
+from vitkit.files import atomic_write
 
 TINY = dict(img_size=32, depth=2, num_classes=5)
 

@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import vitkit
 from vitkit import bench
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
+from vitkit.peers import timm_twin
 from vitkit.precision import autocast
 from vitkit.train import fit, make_config
 
@@ -34,7 +35,7 @@ def _exact_fp32() -> None:
 
 def test_vit_s16_logits_match_timms_on_the_gpu_in_fp32():
     model = bench.bench_model("vit_small_patch16_224").eval()
-    twin = bench.timm_twin(model).eval()
+    twin = timm_twin(model).eval()
     x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(CUDA)
     with torch.inference_mode():
         ours, theirs = model.to(CUDA)(x), twin.to(CUDA)(x)

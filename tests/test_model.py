@@ -323,7 +323,7 @@ def test_patch_dropout_keeps_the_class_token_and_a_random_subset_of_each_images_
 
 
 def test_patch_dropout_trains_as_timms_patch_drop_rate() -> None:
-    from vitkit.bench import timm_twin
+    from vitkit.peers import timm_twin
 
     model = tiny_model(img_size=64, patch_drop=0.5).train()  # 16 patches, 8 kept
     twin, x = timm_twin(model), torch.randn(3, 3, 64, 64)

@@ -32,7 +32,9 @@ from vitkit.data.datasets import DEBIAN_FASHION_MNIST
 from vitkit.evaluate import eval_loader
 from vitkit.evaluate.fewshot import extract_features
 from vitkit.export import export_onnx
+from vitkit.flops import step_flops
 from vitkit.models.registry import default_hub_id
+from vitkit.peers import timm_architecture
 
 BIT = ["resnetv2_50x1_bit", "resnetv2_50x3_bit", "resnetv2_101x1_bit", "resnetv2_101x3_bit",
        "resnetv2_152x2_bit", "resnetv2_152x4_bit"]  # fmt: skip
@@ -127,7 +129,7 @@ TINY = dict(ARCH, num_classes=7)
 
 @pytest.fixture
 def timm_tiny() -> torch.nn.Module:
-    return randomize_(bench.timm_architecture(vitkit.get_config("resnetv2_test_16", **TINY))).eval()
+    return randomize_(timm_architecture(vitkit.get_config("resnetv2_test_16", **TINY))).eval()
 
 
 def test_timm_state_dict_file_loads_with_the_class_count_of_its_head(tmp_path, timm_tiny) -> None:
@@ -162,7 +164,7 @@ def bit_npz(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def test_official_bit_npz_loads_at_parity_and_timm_reads_it_back(tmp_path, timm_tiny) -> None:
     np.savez(tmp_path / "bit.npz", **bit_npz(timm_tiny))
-    read_back = bench.timm_architecture(vitkit.get_config("resnetv2_test_16", **TINY))
+    read_back = timm_architecture(vitkit.get_config("resnetv2_test_16", **TINY))
     read_back.load_pretrained(str(tmp_path / "bit.npz"))
     for key, value in timm_tiny.state_dict().items():
         assert torch.equal(read_back.state_dict()[key], value), key
@@ -260,8 +262,8 @@ def test_bench_counts_every_convolution_and_the_backward_without_the_images_grad
                 lambda m, x, y: convs.append(2 * y.numel() * m.in_channels * math.prod(m.kernel_size))
             )
     model(torch.zeros(1, 3, 16, 16))
-    assert bench.step_flops(model.config, "infer") == sum(convs)
-    assert bench.step_flops(model.config, "train") == 3 * sum(convs) - convs[0]
+    assert step_flops(model.config, "infer") == sum(convs)
+    assert step_flops(model.config, "train") == 3 * sum(convs) - convs[0]
 
 
 def test_bench_against_timm_agrees_in_fp32() -> None:
@@ -278,7 +280,7 @@ def test_export_to_onnx_agrees_with_onnxruntime(tmp_path) -> None:
 
 @pytest.mark.parametrize("fmt", ["npz", "pth"])
 def test_convert_from_bit_npz_or_timm_writes_a_self_describing_file(tmp_path, fmt) -> None:
-    reference = randomize_(bench.timm_architecture(vitkit.get_config("resnetv2_test_16"))).eval()
+    reference = randomize_(timm_architecture(vitkit.get_config("resnetv2_test_16"))).eval()
     if fmt == "npz":
         np.savez(tmp_path / "src.npz", **bit_npz(reference))
     else:

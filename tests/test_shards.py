@@ -29,6 +29,7 @@ from vitkit.cli import main
 from vitkit.data import load_data
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
 from vitkit.data.streaming import StreamedSplit
+from vitkit.files import sha256_file
 from vitkit.train import fit, make_config
 
 pytestmark = pytest.mark.skipif(
@@ -78,7 +79,7 @@ def test_shard_writes_an_index_with_classes_counts_and_checksums(fashion_shards,
     train = index["splits"]["train"]
     assert train["samples"] == N and [s["samples"] for s in train["shards"]] == [10] * 9 + [6]
     for entry in train["shards"]:
-        assert shards.sha256_file(fashion_shards / entry["name"]) == entry["sha256"]
+        assert sha256_file(fashion_shards / entry["name"]) == entry["sha256"]
     sample = next(iter(wds.WebDataset(str(fashion_shards / "train-000000.tar"), shardshuffle=False)))
     assert sample["__key__"] == "train-00000000" and int(sample["cls"]) == fashion.train[0][1]
 
@@ -215,6 +216,18 @@ def test_a_wds_path_without_an_index_says_how_to_make_one(tmp_path, capsys):
         f"vitkit train: error: wds:{tmp_path}: no index.json there; make shards with one: vitkit shard SRC {tmp_path}"
     ]
 
+
+def test_an_index_of_another_format_is_a_one_line_error_naming_the_file_and_the_expected_format(
+    fashion_shards, tmp_path, capsys
+):
+    broken = copy_of(fashion_shards, tmp_path / "shards")
+    index = json.loads((broken / "index.json").read_text())
+    (broken / "index.json").write_text(json.dumps({**index, "format": "vitkit-shards/2"}))
+    assert main(["train", "--data", f"wds:{broken}", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vitkit train: error: wds:{broken}: {broken / 'index.json'} has format 'vitkit-shards/2', "
+        "expected 'vitkit-shards/1' (write it with this version's vitkit shard)"
+    ]
 
 
 def test_a_study_reads_its_nested_subsets_from_shards(fashion_shards, data_root, tmp_path, capsys):

@@ -15,10 +15,10 @@ import yaml
 import vitkit
 import vitkit.study as study
 import vitkit.train.loop as loop
-from vitkit.bench import step_flops
 from vitkit.cli import main
 from vitkit.data.subsets import balanced_order, nested_subset, subset_indices
 from vitkit.evaluate.fewshot import representations
+from vitkit.flops import step_flops
 
 # Four tiny runs on scikit-learn's digits (1,437 training images, 10 classes), a ViT and a ResNet at each size
 # and seed: 6 steps of 10 images each,

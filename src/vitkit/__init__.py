@@ -12,8 +12,7 @@ from torch import nn
 from .data.preprocessing import DataConfig
 from .models import ResNetConfig, ResNetV2, ViTConfig, VisionTransformer, build_model, get_config, list_models
 from .models import resample_pos_embed
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 
 def create_model(

@@ -1,12 +1,8 @@
 """Throughput, latency, peak memory and FLOP utilisation of a model, side by side with timm.
 
 Conventions:
-- FLOPs = 2 · multiply-accumulates, counted for matmuls and convolutions only, as
-  `torch.utils.flop_counter` counts them; softmax, LayerNorm, GELU and elementwise ops are left out.
-- A training step (forward, backward, AdamW) costs 3× the forward: the backward computes a gradient
-  for each matmul's input and for its weight. The patch embedding's input gradient (the images')
-  is never computed, so its share counts twice, not three times. Plain ViTs are counted from the
-  config; ResNets and hybrids by running the step on the meta device under `FlopCounterMode`.
+- FLOPs per image are `vitkit.flops.step_flops`'s, peak memory and the matmul peak `vitkit.measure`'s, the
+  timm twin and the agreement check `vitkit.peers`'s.
 - Peak memory on CPU is the peak resident set size (Linux's VmHWM) above the RSS just before the
   weights are loaded: weights, activations, gradients, optimiser state and workspaces, not the
   libraries (importing timm alone adds ~200 MB). On CUDA it is `max_memory_allocated`. Each row is measured in
@@ -18,8 +14,6 @@ Conventions:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import statistics
 import subprocess
@@ -27,151 +21,25 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import ModelConfig, ResNetConfig, ViTConfig, build_model, get_config
+from .flops import Mode, step_flops
+from .measure import matmul_peak_gflops, num_threads, peak_memory_mb, reset_peak_memory, sync
+from .models import build_model, get_config
+from .peers import check_agreement, timm_architecture
 from .precision import DTYPES, Precision, autocast
 
-Mode = Literal["infer", "train"]
 Runtime = Literal["torch", "onnxruntime"]
 Library = Literal["vitkit", "timm"]
 DeviceType = Literal["cpu", "cuda"]
 
-FP32_ATOL = 1e-4  # largest |vitkit - timm| accepted in fp32
-# In bf16/fp16 the two libraries round differently (vitkit's explicit attention on CPU, timm's fused
-# kernel): each lands about 1% from the fp32 result on ViT-S/16, and about 1% from the other. What is
-# checked is that vitkit is no further from fp32 than timm is, give or take this factor.
-LOW_PRECISION_FACTOR = 1.5
 
-
-# ---- FLOPs, from the config ----------------------------------------------------------------------
-def forward_flops(cfg: ViTConfig) -> int:
-    """FLOPs (2·MACs) of one image's forward pass: patch embedding, per layer qkv, q kᵀ, softmax·v,
-    proj and the two MLP layers, then the pre-logits layer and the head."""
-    if cfg.is_hybrid:
-        raise ValueError(
-            f"{cfg.name or 'this model'} is a hybrid: FLOPs are counted analytically for plain ViTs only "
-            f"(count a hybrid with torch.utils.flop_counter.FlopCounterMode)"
-        )
-    N, T = cfg.grid_size[0] * cfg.grid_size[1], cfg.num_prefix_tokens + cfg.grid_size[0] * cfg.grid_size[1]
-    D, M = cfg.embed_dim, cfg.mlp_dim
-    patch = 2 * N * D * cfg.in_chans * cfg.patch_size**2
-    attention = 2 * T * D * 3 * D + 2 * (2 * T * T * D) + 2 * T * D * D  # qkv; q kᵀ and a·v over all heads; proj
-    mlp = 2 * (2 * T * D * M)
-    head = 2 * D * (cfg.representation_size or 0) + 2 * cfg.num_features * cfg.num_classes
-    return patch + cfg.depth * (attention + mlp) + head
-
-
-def counted_flops(cfg: ModelConfig, mode: Mode) -> int:
-    """FLOPs of one image's inference or training step (forward and backward, the images needing no
-    gradient), as torch.utils.flop_counter counts them on the meta device: no memory, no compute."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model, x = build_model(cfg).train(mode == "train"), torch.zeros(1, cfg.in_chans, *cfg.img_size)
-    with FlopCounterMode(display=False) as counter:
-        if mode == "train":
-            model(x).sum().backward()
-        else:
-            with torch.no_grad():
-                model(x)
-    return counter.get_total_flops()
-
-
-def step_flops(cfg: ModelConfig, mode: Mode) -> int:
-    """FLOPs of one image's inference, or of its training step: 3× the forward less the images' gradient."""
-    if cfg.family != "vit":
-        return counted_flops(cfg, mode)
-    forward = forward_flops(cfg)
-    if mode == "infer":
-        return forward
-    patch = 2 * cfg.grid_size[0] * cfg.grid_size[1] * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
-    return 3 * forward - patch
-
-
-# ---- the machine ---------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_gflops(
-    dtype: torch.dtype, device: str | torch.device = "cpu", min_seconds: float = 0.05, max_n: int = 8192
-) -> float:
-    """Best GFLOP/s of an n×n `torch.matmul` in `dtype`; n doubles from 256 until one product takes
-    `min_seconds` (or n reaches `max_n`), so slow dtypes are measured quickly and fast ones at size."""
-    device = torch.device(device)
-    n = 256
-    while True:
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        a @ b
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        if time.perf_counter() - start >= min_seconds or n >= max_n:
-            break
-        n *= 2
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-@contextlib.contextmanager
-def _num_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 2**10
-
-
-def _reset_peak_memory(device: torch.device) -> float:
-    """Start a new peak; returns the baseline (MB) that `_peak_memory_mb` counts from: the bytes allocated
-    on CUDA (whose allocator counts tensors only, so earlier rows measured in-process don't count), the
-    current RSS on CPU."""
-    gc.collect()
-    if device.type == "cuda":
-        _create_cuda_workspaces(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-        f.write("5")
-    return _proc_status_mb("VmRSS")
-
-
-def _create_cuda_workspaces(device: torch.device) -> None:
-    """cuBLAS gives each thread that multiplies matrices a handle and a workspace from the caching
-    allocator (32 MB on Hopper), the autograd engine's device thread included. Made before a row's
-    baseline (`_reset_peak_memory`), they count in no row: otherwise the first row to run a backward
-    pass in this process would carry them alone (+30 MB on ViT-S/16 measured in-process on an H200)."""
-    for dtype in (torch.float32, torch.bfloat16):
-        w = torch.randn(64, 64, device=device, dtype=dtype, requires_grad=True)
-        F.linear(w, w, w[0]).float().sum().backward()  # addmm with a bias: cuBLAS and cuBLASLt, both threads
-    torch.cuda.synchronize(device)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _proc_status_mb("VmHWM")
 
 
 # ---- the models ----------------------------------------------------------------------------------
@@ -184,98 +52,6 @@ def bench_model(model_name: str, img_size: int | None = None, seed: int = 0) -> 
     if isinstance(head, (nn.Linear, nn.Conv2d)):
         nn.init.normal_(head.weight, std=model.config.num_features**-0.5)
     return model
-
-
-def _timm_resnet(cfg: ResNetConfig) -> nn.Module:
-    """timm's ResNetV2 of `cfg`'s architecture, built as timm builds its resnetv2_*_bit models."""
-    from timm.layers import GroupNormAct, StdConv2d
-    from timm.models.resnetv2 import ResNetV2
-
-    return ResNetV2(
-        layers=list(cfg.layers), channels=cfg.channels[: len(cfg.layers)], num_classes=cfg.num_classes,
-        in_chans=cfg.in_chans, width_factor=cfg.width_factor, stem_chs=cfg.stem_chs, stem_type="fixed",
-        conv_layer=partial(StdConv2d, eps=1e-8), norm_layer=partial(GroupNormAct, num_groups=cfg.norm_groups),
-        drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path,
-    )  # fmt: skip
-
-
-def timm_architecture(cfg: ModelConfig) -> nn.Module:
-    """timm's model of `cfg`'s architecture: a VisionTransformer or a ResNetV2."""
-    try:
-        import timm  # noqa: F401
-    except ImportError:
-        raise ValueError("--compare timm needs timm: pip install timm") from None
-    return _timm_resnet(cfg) if isinstance(cfg, ResNetConfig) else _timm_vit(cfg)
-
-
-def _timm_vit(cfg: ViTConfig) -> nn.Module:
-    """timm's VisionTransformer of `cfg`'s architecture, its weights left uninitialised."""
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
-    if cfg.is_hybrid or cfg.representation_size:
-        what = "a hybrid" if cfg.is_hybrid else "a ViT with a pre-logits layer"
-        raise ValueError(
-            f"--compare timm covers ResNets and plain ViTs without a pre-logits layer; {cfg.name} is {what}"
-        )
-    return TimmViT(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
-        global_pool="token" if cfg.pool == "token" else "avg", fc_norm=False,  # vitkit's gap pools after the norm
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
-        qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, dynamic_img_size=cfg.dynamic_img_size,
-        patch_drop_rate=cfg.patch_drop,
-        norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps), weight_init="skip",
-    )  # fmt: skip
-
-
-def timm_twin(model: nn.Module) -> nn.Module:
-    """timm's model of the same architecture, holding `model`'s weights (same device/dtype)."""
-    p = next(model.parameters())
-    with torch.device("meta"):
-        twin = timm_architecture(model.config)
-    twin.load_state_dict(model.state_dict(), assign=True)
-    return twin.to(device=p.device, dtype=p.dtype).train(model.training)
-
-
-def check_agreement(
-    model: nn.Module, precision: Precision, mode: Mode, device: torch.device, batch_size: int = 4
-) -> float:
-    """Run `model` and its timm twin as the benchmark runs them (low-precision weights for inference,
-    fp32 weights under autocast for training) on the same images; compare tokens after the final norm
-    and logits. `model` is moved (and cast) in place. Returns max |vitkit - timm|. Raises if that exceeds
-    1e-4 in fp32; in bf16/fp16, if vitkit's relative distance to the fp32 result is more than
-    LOW_PRECISION_FACTOR times timm's."""
-    model = model.to(device).eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch_size, model.config.in_chans, *model.config.img_size, generator=g).to(device)
-
-    def outputs(net: nn.Module, prec: Precision) -> list[torch.Tensor]:
-        with torch.inference_mode(), autocast(device, prec if mode == "train" else "fp32"):
-            dtype = DTYPES[prec] if mode == "infer" and prec != "fp32" else torch.float32
-            tokens = net.forward_features(x.to(dtype))  # after the final norm: (B, T, D) tokens or a (B, C, h, w) map
-            return [tokens.float(), net.forward_head(tokens).float()]
-
-    reference = outputs(model, "fp32") if precision != "fp32" else None
-    if mode == "infer" and precision != "fp32":
-        model = model.to(DTYPES[precision])
-    twin = timm_twin(model).eval()
-    ours, theirs = outputs(model, precision), outputs(twin, precision)
-    worst = max((a - b).abs().max().item() for a, b in zip(ours, theirs))
-    if precision == "fp32":
-        if not worst <= FP32_ATOL:
-            name = model.config.name
-            raise RuntimeError(f"vitkit and timm disagree on {name} (fp32, {mode}): max |diff| {worst:.3g}")
-        return worst
-    assert reference is not None
-    ours_rel, theirs_rel = (
-        max(((o - r).norm() / r.norm().clamp_min(1e-12)).item() for o, r in zip(outs, reference))
-        for outs in (ours, theirs)
-    )
-    if not ours_rel <= LOW_PRECISION_FACTOR * theirs_rel + 1e-3:
-        raise RuntimeError(
-            f"vitkit is further from fp32 than timm on {model.config.name} ({precision}, {mode}): relative "
-            f"{ours_rel:.3g} vs {theirs_rel:.3g}"
-        )
-    return worst
 
 
 # ---- one row, measured -----------------------------------------------------------------------------
@@ -312,9 +88,12 @@ def _skeleton(spec: RowSpec) -> nn.Module | None:
         return build_model(cfg) if spec.library == "vitkit" else timm_architecture(cfg)
 
 
-def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Callable[[], None]:
-    """Load the weights into the row's `model` (from `_skeleton`); return one benchmark step: a batch's
-    inference or training step."""
+Step = Callable[[], None]
+
+
+def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> tuple[Step, dict[str, float]]:
+    """Load the weights into the row's `model` (from `_skeleton`); return one benchmark step (a batch's
+    inference or training step) and what the row adds to its measurements (int8: its fidelity)."""
     g = torch.Generator().manual_seed(spec.seed + 1)
     cfg = get_config(spec.model_name, **({"img_size": spec.img_size} if spec.img_size else {}))
     images = torch.randn(spec.batch_size, cfg.in_chans, *cfg.img_size, generator=g)
@@ -326,7 +105,7 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Ca
         providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(spec.onnx_path, options, providers=providers)
         feed = {session.get_inputs()[0].name: images.numpy()}
-        return lambda: session.run(None, feed)
+        return lambda: session.run(None, feed), {}
 
     assert model is not None
     model.load_state_dict(load_file(spec.weights_path), assign=True)  # the file's tensors become the parameters
@@ -348,7 +127,7 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Ca
             with torch.inference_mode():
                 run(images)
 
-        return infer
+        return infer, {}
 
     model.train()
     labels = torch.randint(0, max(cfg.num_classes, 1), (spec.batch_size,), generator=g).to(device)
@@ -363,22 +142,10 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> Ca
         scaler.step(optimizer)
         scaler.update()
 
-    return train_step
+    return train_step, {}
 
 
-@dataclass
-class _Int8Step:
-    """One batch through the int8 model; `fidelity`: its logits against the fp32 model's on real photographs."""
-
-    model: nn.Module
-    images: torch.Tensor
-    fidelity: dict[str, float]
-
-    def __call__(self) -> None:
-        self.model(self.images)
-
-
-def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> _Int8Step:
+def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> tuple[Step, dict[str, float]]:
     """Quantise `model` (calibrated on `spec.calibrate`'s training images, else on photographs other than
     the check's), then compare it with fp32 on scikit-image's sample photographs, run in batches of the
     row's size (the compiled shape): logit_cosine_vs_fp32 (the smallest) and top1_agreement_vs_fp32."""
@@ -392,31 +159,31 @@ def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> _Int8St
     with torch.inference_mode():
         reference = model(photos)
         logits = torch.cat([int8(batch) for batch in tiled.split(spec.batch_size)])[: len(photos)]
-    return _Int8Step(int8, images, logit_fidelity(reference, logits))
+    return lambda: int8(images), logit_fidelity(reference, logits)
 
 
 def measure_row(spec: RowSpec) -> dict[str, Any]:
     """Build the row, warm up, then time `spec.repeats` steps one by one: latency per batch (median,
     min, max) and peak memory from just before the weights were loaded."""
     device = torch.device(spec.device)
-    with _num_threads(spec.threads):
+    with num_threads(spec.threads):
         # Libraries and module structure come before the baseline: they are not the row's memory.
         skeleton = _skeleton(spec)
-        baseline = _reset_peak_memory(device)
-        step = _step_fn(spec, skeleton, device)
+        baseline = reset_peak_memory(device)
+        step, extras = _step_fn(spec, skeleton, device)
         for _ in range(spec.warmup):
             step()
-        _sync(device)
+        sync(device)
         seconds = []
         for _ in range(spec.repeats):
             start = time.perf_counter()
             step()
-            _sync(device)
+            sync(device)
             seconds.append(time.perf_counter() - start)
     return {
         "latency_ms": statistics.median(seconds) * 1e3, "latency_ms_min": min(seconds) * 1e3,
-        "latency_ms_max": max(seconds) * 1e3, "peak_memory_mb": _peak_memory_mb(device) - baseline,
-        **getattr(step, "fidelity", {}),
+        "latency_ms_max": max(seconds) * 1e3, "peak_memory_mb": peak_memory_mb(device) - baseline,
+        **extras,
     }  # fmt: skip
 
 
@@ -549,7 +316,7 @@ def benchmark(
             result["timm_version"] = timm.__version__
         del model
         compute_dtype = torch.float32 if precision == "fp32" else DTYPES.get(precision, torch.bfloat16)
-        with _num_threads(threads):
+        with num_threads(threads):
             peak = matmul_peak_gflops(compute_dtype, dev)
         rows = {"": _measure(spec, isolate)}
         if compare == "timm":

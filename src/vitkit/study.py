@@ -27,8 +27,6 @@ from matplotlib.figure import Figure
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from .bench import step_flops
-from .checkpoints.io import atomic_write
 from .checkpoints.load import load
 from .data import DataSource, load_data
 from .data.datasets import parse_spec
@@ -36,6 +34,8 @@ from .data.streaming import StreamedSplit
 from .data.subsets import check_size, dataset_labels, split_subset, subset_indices
 from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
+from .files import atomic_write
+from .flops import step_flops
 from .models import get_config, resolve_name
 from .precision import Precision
 from .train import NonFiniteLoss, fit, get_recipe, make_config

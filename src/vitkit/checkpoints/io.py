@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_write
 from ..models import ModelConfig, config_from_dict
+from ..version import __version__
 
 FORMAT_TAG = "vitkit"
 META_FORMAT, META_CONFIG, META_VERSION, META_DIGEST = "format", "vitkit_config", "vitkit_version", "vitkit_sha256"
@@ -24,27 +24,6 @@ META_FORMAT, META_CONFIG, META_VERSION, META_DIGEST = "format", "vitkit_config",
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or used; the message names the file."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -68,8 +47,6 @@ def save(
     `metadata`: extra string entries (class names, training step, ...) stored in the header.
     `state`: the weights to write instead of model.state_dict() (those gathered from a sharded model).
     """
-    from .. import __version__
-
     state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
     meta = dict(metadata or {})
     meta.update({

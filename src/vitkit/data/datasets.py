@@ -22,7 +22,8 @@ from torchvision import datasets as tvd
 from torchvision import tv_tensors
 
 from .imagefolder import TolerantImageFolder
-from .streaming import ShardSource, StreamedSplit, read_index
+from .shard_format import read_index
+from .streaming import ShardSource, StreamedSplit
 
 # Where the Debian package dataset-fashion-mnist puts the original idx files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -92,7 +92,7 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def _leave_signals_to_the_trainer(worker_id: int) -> None:
+def leave_signals_to_the_trainer(worker_id: int) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it (and SIGTERM), so that the training
     process can finish its step and checkpoint (vitkit.train.loop.StopSignals); it stops them after."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -113,5 +113,5 @@ def make_loader(
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
         pin_memory=pin_memory, collate_fn=collate, generator=torch.Generator().manual_seed(0),
-        worker_init_fn=_leave_signals_to_the_trainer,
+        worker_init_fn=leave_signals_to_the_trainer,
     )  # fmt: skip

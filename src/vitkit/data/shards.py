@@ -1,8 +1,6 @@
 """WebDataset shards of any dataset vitkit reads, with an index: `vitkit shard SRC OUT`.
 
-OUT/{split}-{n:06d}.tar hold samples `{split}-{index:08d}` with the image (`.png`, `.jpg` or `.webp`) and
-the label (`.cls`); OUT/index.json names the classes and, per split, its shards with their sample counts,
-sizes and SHA-256. Every shard is written to a temporary file and renamed; OUT/.progress.json records
+The layout (tars and index.json) is `vitkit.data.shard_format`'s. Every shard is written to a temporary file and renamed; OUT/.progress.json records
 the finished ones, so an interrupted `shard` keeps the shards whose checksum still matches and writes
 the rest. index.json is written last.
 """
@@ -10,7 +8,6 @@ the rest. index.json is written last.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import sys
@@ -23,12 +20,11 @@ import webdataset as wds
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..checkpoints.io import atomic_write
+from ..files import atomic_write, sha256_file
 from .datasets import DataSource, load_data
+from .shard_format import EXTENSIONS, INDEX, write_index
 
-INDEX, PROGRESS, FORMAT = "index.json", ".progress.json", "vitkit-shards/1"
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}  # --format -> file extension in the tar
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")  # what the reader accepts
+PROGRESS = ".progress.json"
 
 
 @dataclass
@@ -75,14 +71,6 @@ class Progress:
         text = json.dumps({"source": self.source, "options": asdict(self.options),
                            "splits": {s: [asdict(r) for r in rs] for s, rs in self.splits.items()}})  # fmt: skip
         atomic_write(out / PROGRESS, lambda tmp: Path(tmp).write_text(text))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encode(image: Any, options: ShardOptions) -> bytes:
@@ -163,9 +151,10 @@ def _resume(out: Path, source: str, options: ShardOptions) -> Progress:
     return progress
 
 
-def write_index(out: Path, data: DataSource, progress: Progress) -> dict[str, Any]:
-    index = {
-        "format": FORMAT, "source": data.name, "classes": data.classes, "channels": data.channels,
+def _index(data: DataSource, progress: Progress) -> dict[str, Any]:
+    """index.json's fields (shard_format writes `format`)."""
+    return {
+        "source": data.name, "classes": data.classes, "channels": data.channels,
         "hflip": data.hflip, "image_format": progress.options.format,
         "splits": {
             split: {"samples": sum(r.samples for r in records),
@@ -174,8 +163,6 @@ def write_index(out: Path, data: DataSource, progress: Progress) -> dict[str, An
             for split, records in progress.splits.items()
         },
     }  # fmt: skip
-    atomic_write(out / INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
-    return index
 
 
 def shard(
@@ -191,7 +178,7 @@ def shard(
     progress = _resume(out, data.name, options)
     for split in splits:
         _shard_split(out, data.split(split), split, progress)
-    index = write_index(out, data, progress)
+    index = write_index(out, _index(data, progress))
     (out / PROGRESS).unlink()
     return index
 

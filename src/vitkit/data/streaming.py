@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import io
 import itertools
-import json
 import multiprocessing
 import random
 import warnings
@@ -39,17 +38,14 @@ from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlparse
 
 import torch
-import webdataset as wds
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
-from webdataset.gopen import gopen_schemes
+from webdataset.filters import shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .images import ImageDecodeError, open_image, to_rgb
 from .loader import mix_seed, seeded
+from .shard_format import IMAGE_KEYS, INDEX, join, open_url
 
-INDEX = "index.json"
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "image")
 HELD_BYTES = 4 << 30  # the most a streamed split may weigh to be held in memory (for indexed access)
 
 # (position in its shard, "shard:key" for messages, the sample's fields or None when it could not be read)
@@ -62,20 +58,6 @@ class RecordSource(Protocol):
     counts: list[int]
 
     def records(self, shard: int, start: int, stop: int) -> Iterator[Record]: ...
-
-
-def open_url(url: str) -> Any:
-    """A binary stream of a local path or any URL webdataset opens (https, pipe:, gs, ...), else fsspec's."""
-    scheme = urlparse(url).scheme
-    if len(scheme) <= 1 or scheme in gopen_schemes:  # "" or a Windows drive letter: a local path
-        return wds.gopen(url)
-    import fsspec  # s3://, az://, ... where the filesystem's package is installed
-
-    return fsspec.open(url, "rb").open()
-
-
-def join(base: str, name: str) -> str:
-    return str(Path(base) / name) if len(urlparse(base).scheme) <= 1 else f"{base.rstrip('/')}/{name}"
 
 
 class HashingReader:
@@ -97,21 +79,6 @@ class HashingReader:
 
     def close(self) -> None:
         self.stream.close()
-
-
-def read_index(base: str) -> dict[str, Any]:
-    """index.json of a shard directory or URL; a one-line error when there is none."""
-    url = join(base, INDEX)
-    try:
-        with open_url(url) as f:
-            index = json.loads(f.read())
-    except (OSError, ValueError) as e:
-        if isinstance(e, json.JSONDecodeError):
-            raise ValueError(f"wds:{base}: {url} is not valid JSON ({e})") from None
-        raise ValueError(f"wds:{base}: no {INDEX} there; make shards with one: vitkit shard SRC {base}") from None
-    if not isinstance(index, dict) or "splits" not in index or "classes" not in index:
-        raise ValueError(f"wds:{base}: {url} lacks 'classes' or 'splits' (write it with vitkit shard)")
-    return index
 
 
 class ShardSource:
@@ -296,7 +263,7 @@ class StreamedSplit(IterableDataset):
         records: Iterator[Any] = self._records(first, last)
         if plan.train:
             rng = random.Random(mix_seed(plan.seed, plan.epoch, plan.rank * plan.streams + part))
-            records = _shuffle(records, bufsize=plan.buffer, initial=plan.buffer, rng=rng)
+            records = shuffle(bufsize=plan.buffer, initial=plan.buffer, rng=rng)(records)
         taken = (plan.start + worker) // plan.streams * plan.batch
         last_good, owed = None, 0
         for record in itertools.islice(records, taken, None):

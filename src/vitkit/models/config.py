@@ -14,10 +14,10 @@ Pool = Literal["token", "gap"]
 PosEmbed = Literal["learn", "sincos"]
 
 # Limits that keep a config read from an untrusted file from allocating absurd amounts of memory.
-_MAX_WIDTH = 16384
-_MAX_DEPTH = 256
-_MAX_TOKENS = 1 << 20
-_MAX_REGISTERS = 256
+MAX_WIDTH = 16384
+MAX_DEPTH = 256
+MAX_TOKENS = 1 << 20
+MAX_REGISTERS = 256
 
 
 def check_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
@@ -154,12 +154,12 @@ class ViTConfig(HasDataConfig):
             if not 0.0 <= getattr(self, key) < 1.0:
                 bad(f"{key} must be in [0, 1), got {getattr(self, key)}")
         self._validate_descendants(bad)
-        if max(self.embed_dim, self.mlp_dim, self.representation_size or 0) > _MAX_WIDTH:
-            bad(f"width over {_MAX_WIDTH} (embed_dim={self.embed_dim}, mlp_dim={self.mlp_dim})")
-        if self.depth > _MAX_DEPTH:
-            bad(f"depth={self.depth} is over the limit of {_MAX_DEPTH}")
-        if math.prod(self.grid_size) > _MAX_TOKENS:
-            bad(f"img_size={self.img_size} with stride {self.stride} gives over {_MAX_TOKENS} tokens")
+        if max(self.embed_dim, self.mlp_dim, self.representation_size or 0) > MAX_WIDTH:
+            bad(f"width over {MAX_WIDTH} (embed_dim={self.embed_dim}, mlp_dim={self.mlp_dim})")
+        if self.depth > MAX_DEPTH:
+            bad(f"depth={self.depth} is over the limit of {MAX_DEPTH}")
+        if math.prod(self.grid_size) > MAX_TOKENS:
+            bad(f"img_size={self.img_size} with stride {self.stride} gives over {MAX_TOKENS} tokens")
         if self.backbone_layers is not None and (
             len(self.backbone_layers) > 4 or any(n <= 0 or n > 64 for n in self.backbone_layers)
         ):
@@ -171,8 +171,8 @@ class ViTConfig(HasDataConfig):
     def _validate_descendants(self, bad: Any) -> None:
         if isinstance(self.reg_tokens, bool) or not isinstance(self.reg_tokens, int):
             bad(f"reg_tokens must be an integer, got {self.reg_tokens!r}")
-        if not 0 <= self.reg_tokens <= _MAX_REGISTERS:
-            bad(f"reg_tokens must be in [0, {_MAX_REGISTERS}], got {self.reg_tokens}")
+        if not 0 <= self.reg_tokens <= MAX_REGISTERS:
+            bad(f"reg_tokens must be in [0, {MAX_REGISTERS}], got {self.reg_tokens}")
         if self.init_values is not None and not self.init_values > 0:
             bad(f"init_values (LayerScale) must be positive or None, got {self.init_values!r}")
         if self.pos_embed not in ("learn", "sincos"):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .init import lecun_normal_
-from .resnet import init_convnet_, make_stages, make_stem
+from .layers import init_convnet_, lecun_normal_
+from .resnet import make_stages, make_stem
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 STEM_CHANNELS = 64

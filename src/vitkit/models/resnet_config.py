@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.preprocessing import HasDataConfig
-from .config import _MAX_WIDTH, check_fields, to_2tuple
+from .config import MAX_WIDTH, check_fields, to_2tuple
 
 # BiT's preprocessing: inputs scaled to [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD), bilinear resizing.
 BIT_MEAN, BIT_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -90,8 +90,8 @@ class ResNetConfig(HasDataConfig):
             bad(f"num_classes must be >= 0, got {self.num_classes}")
         if min(self.img_size) <= 0:
             bad(f"img_size must be positive, got {self.img_size}")
-        if max(self.widths) > _MAX_WIDTH:
-            bad(f"stage widths {self.widths} are over {_MAX_WIDTH}")
+        if max(self.widths) > MAX_WIDTH:
+            bad(f"stage widths {self.widths} are over {MAX_WIDTH}")
         grouped = sorted({w for w in self.widths} | {make_divisible(w / 4) for w in self.widths})
         if any(w % self.norm_groups for w in grouped):
             bad(f"norm_groups={self.norm_groups} does not divide every normalised width {grouped}")

@@ -20,7 +20,8 @@ from torch import nn
 
 from .attention import attention_weights, recomputed_attention
 from .config import ViTConfig
-from .init import lecun_normal_
+from .hybrid import HybridEmbed
+from .layers import DropPath, lecun_normal_
 from .posembed import resample_pos_embed, sincos_pos_embed
 
 
@@ -108,23 +109,6 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a sample's whole residual branch with probability p, scale by 1/(1-p)."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 class PatchDropout(nn.Module):
     """In training, keep a random subset of (1 - p) of each image's patch tokens, and every prefix token
     (Liu et al. 2022, "PatchDropout"; timm's patch_drop_rate). (B, prefix + N, D) -> (B, prefix + K, D),
@@ -199,8 +183,6 @@ class VisionTransformer(nn.Module):
         self.config = cfg
         D = cfg.embed_dim
         if cfg.is_hybrid:
-            from .hybrid import HybridEmbed
-
             self.patch_embed: nn.Module = HybridEmbed(cfg.backbone_layers, cfg.patch_size, cfg.in_chans, D)
         else:
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D)

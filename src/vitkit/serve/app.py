@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import hmac
 import io
 import os
@@ -37,6 +36,7 @@ from ..analysis.plots import HEAT_CMAP, denormalise, heat_map
 from ..analysis.rollout import attention_rollout
 from ..data.images import ImageDecodeError, open_image
 from ..evaluate.predict import checkpoint_classes, checkpoint_metadata, class_names, image_transform, probabilities
+from ..files import sha256_file
 from ..precision import Precision, autocast
 from .batcher import Batcher
 from .middleware import BodyLimit, Metrics, MetricsMiddleware, error
@@ -288,14 +288,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error(500, f"internal error ({type(e).__name__})")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(MB), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def app_from_checkpoint(
     path: str | os.PathLike, device: str | None = None, calibrate: str | None = None, **options: Any
 ) -> FastAPI:
@@ -315,5 +307,5 @@ def app_from_checkpoint(
         options["int8"].warm_up(options.get("max_batch", 32))
     else:
         options["precision"] = precision
-    return create_app(model, checkpoint_classes(path), checksum=file_sha256(path), dataset=dataset, **options)
+    return create_app(model, checkpoint_classes(path), checksum=sha256_file(path), dataset=dataset, **options)
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ..data import DataSource, ResumableSampler, SeededTransform, make_loader, train_transform
 from ..data.batched import batched_training_data
 from ..data.preprocessing import DataConfig
-from ..data.loader import _leave_signals_to_the_trainer
+from ..data.loader import leave_signals_to_the_trainer
 from ..data.streaming import StreamedSplit, first
 from . import distributed
 from .config import TrainConfig
@@ -99,7 +99,7 @@ def _streamed_feed(train_set: StreamedSplit, data_cfg: DataConfig, data: DataSou
         streams=max(1, workers), batch=micro, train=True,
     )  # fmt: skip
     loader = DataLoader(stream, batch_size=micro, num_workers=workers, pin_memory=procs.device.type == "cuda",
-                        worker_init_fn=_leave_signals_to_the_trainer)  # fmt: skip
+                        worker_init_fn=leave_signals_to_the_trainer)  # fmt: skip
     steps = len(stream) // (micro * per_step)
     return Feed(loader, stream, per_step, steps, workers, "streamed", sum(train_set.counts))
 

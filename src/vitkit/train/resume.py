@@ -10,7 +10,6 @@ newest pair that verifies, naming each one it has to pass over.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -22,8 +21,9 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ..checkpoints.io import CheckpointError, atomic_write, read_vitkit_file, save
+from ..checkpoints.io import CheckpointError, read_vitkit_file, save
 from ..evaluate.predict import checkpoint_metadata
+from ..files import atomic_write, sha256_file
 
 CHECKPOINT_DIR = "checkpoints"
 _PAIR = re.compile(r"step-(\d{8})\.safetensors")
@@ -61,14 +61,6 @@ def checkpoints(out: str | os.PathLike) -> list[Path]:
     return sorted(found, reverse=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_checkpoint(
     out: str | os.PathLike, step: int, model: nn.Module, state: dict[str, Any],
     metadata: Mapping[str, str], keep: int = 2, weights: Mapping[str, torch.Tensor] | None = None,
@@ -82,7 +74,7 @@ def write_checkpoint(
     try:
         atomic_write(state_path(path), lambda tmp: torch.save(state, tmp))
         meta = {**metadata, META_STEP: str(step), META_STATE_BYTES: str(state_path(path).stat().st_size),
-                META_STATE_SHA: _sha256(state_path(path))}  # fmt: skip
+                META_STATE_SHA: sha256_file(state_path(path))}  # fmt: skip
         save(model, path, metadata=meta, state=weights)
     except OSError as e:
         state_path(path).unlink(missing_ok=True)
@@ -110,7 +102,7 @@ def verify(path: Path) -> Resumable:
         raise CheckpointError(f"{spath}: missing (its weights file {path.name} is there)")
     if spath.stat().st_size != size:
         raise CheckpointError(f"{spath}: {spath.stat().st_size} bytes, expected {size} (truncated?)")
-    if _sha256(spath) != digest:
+    if sha256_file(spath) != digest:
         raise CheckpointError(f"{spath}: checksum mismatch, the file is corrupted")
     state = torch.load(spath, map_location="cpu", weights_only=True)
     if state.get("step") != step:

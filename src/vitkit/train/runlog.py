@@ -9,7 +9,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..checkpoints.io import atomic_write
+from ..files import atomic_write
 
 # figure file -> the metrics drawn in it (against the optimiser step)
 PLOTS = {
