@@ -93,7 +93,9 @@ class CropResizeFlip:
 
     def __init__(self, cfg: DataConfig, data_channels: int) -> None:
         self.size, self.interpolation = cfg.img_size, cfg.interpolation
-        self.finish = v2.Compose(match_channels(data_channels, cfg.in_chans) + [normalize(cfg)])
+        self.channels = v2.Compose(match_channels(data_channels, cfg.in_chans) or [v2.Identity()])
+        norm = normalize(cfg)
+        self.mean_std = [torch.tensor(v).view(-1, 1, 1) for v in (norm.mean, norm.std)]
 
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor, int]]) -> Batch:
         images = torch.stack([image for image, _, _ in items])
@@ -112,7 +114,11 @@ class CropResizeFlip:
         images' reversed) -> the normalised batch (B, C', H', W'), on the images' device."""
         x = images.float() / 255  # (B, C, H, W) in [0, 1]
         Y = A_y[:, None] @ x @ A_x.transpose(1, 2)[:, None]  # (B, C, H', W')
-        return self.finish(Y.clamp_(0, 1))  # bicubic overshoot clipped, as in uint8 images
+        Y = self.channels(Y.clamp_(0, 1))  # bicubic overshoot clipped, as in uint8 images
+        if self.mean_std[0].device != Y.device:  # moved once: v2.Normalize's per-call copy would block on CUDA
+            self.mean_std = [v.to(Y.device) for v in self.mean_std]
+        mean, std = self.mean_std
+        return Y.sub(mean).div_(std)  # v2.Normalize's arithmetic
 
 
 def batched_training_data(
