@@ -116,7 +116,7 @@ class DeviceFeed:
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, _CROP_STREAM))
             H, W = self.x.shape[-2:]
             boxes = draw_boxes(len(self.x), H, W, self.scale, self.hflip, g)
-            self._boxes = epoch, boxes.to(self.x.device)
+            self._boxes = epoch, _to(boxes, self.x.device)
         return self._boxes[1]
 
     def batch(self, index: torch.Tensor, boxes: torch.Tensor) -> Batch:
@@ -129,7 +129,7 @@ class DeviceFeed:
     def epoch(self, epoch: int, step: int) -> Iterator[Batch]:
         """The micro-batches of `epoch` from its `step`-th step on (the last partial micro-batch dropped)."""
         self.sampler.set_position(epoch, step * self.per_step * self.micro)
-        order = torch.tensor(list(self.sampler), dtype=torch.long).to(self.x.device)  # one copy an epoch
+        order = _to(torch.tensor(list(self.sampler), dtype=torch.long), self.x.device)  # one copy an epoch
         boxes = self.boxes(epoch)
         for k in range(len(order) // self.micro):
             index = order[k * self.micro : (k + 1) * self.micro]
@@ -137,6 +137,11 @@ class DeviceFeed:
 
     def skipped(self, procs: distributed.Processes) -> int:
         return 0
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device` without waiting for the GPU's queue (a copy from pageable memory would)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def _device_bytes(images: TensorImages) -> int:

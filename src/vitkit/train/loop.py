@@ -261,7 +261,7 @@ class _Run:
                 "eval_top5": ev.top5, "eval_loss": ev.loss, "eval_images_per_s": ev.n / max(seconds, 1e-9),
                 "time_s": self.time_s(),
             })  # fmt: skip
-            self.log.plot()
+            self.log.plot(force=False)
             self.say(f"step {self.step}: {self.eval_name} top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%}, "
                      f"loss {ev.loss:.4f}")  # fmt: skip
 
