@@ -170,3 +170,37 @@ def _plain_state(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
             group["lr"] = group["lr"].item()
         group["capturable"] = False
     return state_dict
+
+
+def check_graph_row(device: str, mode: str, precision: str, compile: bool, runtime: str) -> None:
+    """One-line ValueError, naming the alternative, for a benchmark row (vitkit.bench) that cannot be captured."""
+    reasons = [
+        (device != "cuda", "CUDA graphs need --device cuda"),
+        (compile, "--cuda-graphs captures the eager model: leave out --compile"),
+        (runtime != "torch" or precision == "int8", "--cuda-graphs times PyTorch's own fp32/bf16/fp16 rows"),
+        (mode == "train" and precision == "fp16", "fp16's gradient scaler checks for inf on the host: use bf16"),
+    ]  # fmt: skip
+    why = next((reason for bad, reason in reasons if bad), None)
+    if why is not None:
+        raise ValueError(f"--cuda-graphs: {why}")
+
+
+def captured(step: Callable[[], Any], warmup: int = WARMUP_STEPS) -> Callable[[], None]:
+    """`step`, a closure over static tensors (a benchmark's inference or training step; a training step's
+    optimiser built with capturable=True), captured as one CUDA graph after `warmup` runs on a side stream;
+    returns the replay. Autocast's cast cache is off while capturing (cached casts would outlive the graph)."""
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    finally:
+        torch.set_autocast_cache_enabled(cache)
+    return graph.replay
