@@ -23,7 +23,6 @@ from vitkit.data.streaming import StreamedSplit
 from vitkit.train import fit, make_config
 from vitkit.train.device_feed import DeviceFeed, choose_feed, draw_boxes
 from vitkit.train.distributed import start, stop
-from vitkit.train.feed import build_feed
 from vitkit.train.loop import _setup
 from vitkit.train.config import resolve
 
