@@ -4,7 +4,6 @@ the loader's order, the batched path's crop arithmetic, resume, and the one-line
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import vitkit.train.loop as loop
@@ -68,7 +68,8 @@ def test_without_random_augmentation_the_device_feed_gives_the_loaders_batches_b
 
 def test_the_device_crops_equal_the_loaders_for_the_same_boxes(data_root, tmp_path):
     """Same boxes in, same batch out: CropResizeFlip.apply does the arithmetic on both paths."""
-    loader, device = feeds(tiny(data_root, tmp_path / "a", feed="loader"), tiny(data_root, tmp_path / "b", feed="device"))
+    loader, device = feeds(tiny(data_root, tmp_path / "a", feed="loader"),
+                           tiny(data_root, tmp_path / "b", feed="device"))  # fmt: skip
     crops: SeededCrops = loader.loader.dataset
     crops.set_epoch(3)
     index = torch.arange(16)
@@ -91,7 +92,8 @@ def test_box_draws_follow_random_resized_crop_and_depend_on_seed_and_epoch_only(
     assert not draw_boxes(100, 28, 28, (0.85, 1.0), False, torch.Generator())[:, 4].any()
 
 
-def test_a_device_fed_run_resumed_mid_epoch_ends_with_the_uninterrupted_runs_weights(data_root, tmp_path, monkeypatch):
+def test_a_device_fed_run_resumed_mid_epoch_ends_with_the_uninterrupted_runs_weights(data_root, tmp_path,
+                                                                                     monkeypatch):
     recipe = {"steps": 11, "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1, "ema_decay": 0.9, "label_smoothing": 0.1}
     fit(tiny(data_root, tmp_path / "whole", recipe, checkpoint_every=3, feed="device"))
     real, calls = loop.train_step, []
@@ -110,8 +112,7 @@ def test_a_device_fed_run_resumed_mid_epoch_ends_with_the_uninterrupted_runs_wei
     for name in ("model.safetensors", "best.safetensors"):
         a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "resumed" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    derived = [json.loads(json.dumps(__import__("yaml").safe_load((tmp_path / d / "config.yaml").read_text())["derived"]))
-               for d in ("whole", "resumed")]  # fmt: skip
+    derived = [yaml.safe_load((tmp_path / d / "config.yaml").read_text())["derived"] for d in ("whole", "resumed")]
     assert derived[0]["augmentation"] == derived[1]["augmentation"] == "device"
 
 

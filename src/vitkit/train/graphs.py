@@ -65,8 +65,9 @@ class GraphStep:
     `example`: a micro-batch (images (b, C, H, W), labels (b,) or soft labels (b, K)) of the shapes and
     dtypes every step will have. `loss_fn(logits, labels, label_smoothing) -> loss ()`."""
 
-    def __init__(self, model: nn.Module, optimizer: Any, loss_fn: Callable[..., torch.Tensor], label_smoothing: float,
-                 clip_grad: float | None, precision: str, example: tuple[torch.Tensor, torch.Tensor]) -> None:  # fmt: skip
+    def __init__(self, model: nn.Module, optimizer: Any, loss_fn: Callable[..., torch.Tensor],
+                 label_smoothing: float, clip_grad: float | None, precision: str,
+                 example: tuple[torch.Tensor, torch.Tensor]) -> None:  # fmt: skip
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.label_smoothing, self.clip_grad, self.precision = label_smoothing, clip_grad, precision
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -112,7 +113,7 @@ class GraphStep:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # a loader thread may pin memory
             self._body()
         _restore(saved, self.params, self.optimizer)
         self.sums.zero_()
@@ -199,7 +200,7 @@ def captured(step: Callable[[], Any], warmup: int = WARMUP_STEPS) -> Callable[[]
                 step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             step()
     finally:
         torch.set_autocast_cache_enabled(cache)
