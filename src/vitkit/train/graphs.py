@@ -8,8 +8,8 @@ launch. What that asks of the run, and how it is met:
 - static shapes and addresses: every micro-batch is copied into the same input buffers; the last partial
   micro-batch of an epoch is dropped, by both feeds;
 - no host sync inside: AdamW runs with capturable=True and its learning rate in a device tensor that the
-  schedule `fill_`s each step (torch.optim.Muon reads its lr with .item() and SGD with tensor lr too, so
-  they keep the eager step); clip_grad_norm_ without error_if_nonfinite; the loss, train accuracy, gradient
+  schedule `fill_`s each step (torch.optim.Muon and SGD apply their lr as `add_`'s alpha, a number a
+  tensor lr would be read back into, so they keep the eager step); clip_grad_norm_ without error_if_nonfinite; the loss, train accuracy, gradient
   norm and a count of non-finite losses are summed on the device and read every --log-every steps;
 - the warm-up that capture needs (three steps on a side stream, to settle lazy state) is undone: weights
   and optimiser state are put back, so the captured run starts where the eager one would;
