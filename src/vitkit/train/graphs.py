@@ -104,6 +104,17 @@ class GraphStep:
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         saved = _snapshot(self.params, self.optimizer)
+        try:
+            return self._warm_up_and_capture(saved)
+        except Exception:  # put back what the warm-up changed; the caller may go on eagerly
+            torch.cuda.synchronize()
+            _restore(saved, self.params, self.optimizer)
+            self.optimizer.zero_grad(set_to_none=True)
+            for group in self.optimizer.param_groups:
+                group["capturable"], group["lr"] = False, float(group["lr"])
+            raise
+
+    def _warm_up_and_capture(self, saved: tuple[list[torch.Tensor], dict]) -> torch.cuda.CUDAGraph:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -406,11 +406,24 @@ def _graph_step(run: _Run, batches: Any, lr: float) -> torch.Tensor:
     images, labels = images.to(run.procs.device, non_blocking=True), labels.to(run.procs.device, non_blocking=True)
     if run.mix is not None:
         images, labels = run.mix(images, labels)
+    recipe = run.cfg.recipe
     if run.graph is None:
-        recipe = run.cfg.recipe
-        run.graph = GraphStep(run.model, run.optimizer, _loss, recipe.label_smoothing, recipe.clip_grad,
-                              run.cfg.precision, (images, labels))  # fmt: skip
-    loss = run.graph.step(images, labels, lr)
+        try:
+            run.graph = GraphStep(run.model, run.optimizer, _loss, recipe.label_smoothing, recipe.clip_grad,
+                                  run.cfg.precision, (images, labels))  # fmt: skip
+        except RuntimeError as e:
+            if run.cfg.cuda_graphs == "on":
+                raise
+            warnings.warn(f"capturing the step as a CUDA graph failed ({str(e)[:200]}); going on eagerly",
+                          stacklevel=1)  # fmt: skip
+            run.graphs = False
+    if run.graph is None:  # this step, already drawn and mixed, eagerly
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        loss = train_step(run.train_model, [(images, labels)], run.optimizer, run.scaler, recipe, run.cfg, run.procs,
+                          None)  # fmt: skip
+    else:
+        loss = run.graph.step(images, labels, lr)
     if run.ema is not None:
         run.ema.update(run.model)
     run.step += 1
