@@ -147,25 +147,15 @@ def test_the_captured_step_trains_like_the_eager_one(tmp_path):
 
 
 @needs_fashion
-def test_a_captured_run_resumes_from_its_checkpoint_eagerly_and_captured(tmp_path):
+def test_a_captured_run_resumes_from_its_checkpoint_eagerly_and_captured(tmp_path, preempt):
     """A checkpoint written under graphs (tensor lr, capturable AdamW) resumes with them and without."""
     import vitkit.train.loop as loop
 
     fit(_tiny(tmp_path, "whole", checkpoint_every=6, cuda_graphs="on"))
-    real, calls = loop._graph_step, []
-
-    def preempted_at_step_8(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    loop._graph_step = preempted_at_step_8
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fit(_tiny(tmp_path, "resumed", checkpoint_every=6, cuda_graphs="on"))
-    finally:
-        loop._graph_step = real
+    undo = preempt(loop, "_graph_step", 8)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_tiny(tmp_path, "resumed", checkpoint_every=6, cuda_graphs="on"))
+    undo()
     fit(make_config(out=str(tmp_path / "resumed"), resume=True, progress=False))
     assert _losses(tmp_path / "resumed") == pytest.approx(_losses(tmp_path / "whole"), abs=2e-4)
 

@@ -92,22 +92,13 @@ def test_box_draws_follow_random_resized_crop_and_depend_on_seed_and_epoch_only(
     assert not draw_boxes(100, 28, 28, (0.85, 1.0), False, torch.Generator())[:, 4].any()
 
 
-def test_a_device_fed_run_resumed_mid_epoch_ends_with_the_uninterrupted_runs_weights(data_root, tmp_path,
-                                                                                     monkeypatch):
+def test_a_device_fed_run_resumed_mid_epoch_ends_with_the_uninterrupted_runs_weights(data_root, tmp_path, preempt):
     recipe = {"steps": 11, "mixup": 0.8, "cutmix": 1.0, "drop_path": 0.1, "ema_decay": 0.9, "label_smoothing": 0.1}
     fit(tiny(data_root, tmp_path / "whole", recipe, checkpoint_every=3, feed="device"))
-    real, calls = loop.train_step, []
-
-    def preempted_at_step_8(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:  # mid-epoch (4 steps each), two steps after the checkpoint of step 6
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", preempted_at_step_8)
+    undo = preempt(loop, "train_step", 8)  # mid-epoch (4 steps each), two steps after the checkpoint of step 6
     with pytest.raises(KeyboardInterrupt):
         fit(tiny(data_root, tmp_path / "resumed", recipe, checkpoint_every=3, feed="device"))
-    monkeypatch.setattr(loop, "train_step", real)
+    undo()
     fit(make_config(out=str(tmp_path / "resumed"), resume=True, progress=False))
     for name in ("model.safetensors", "best.safetensors"):
         a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "resumed" / name)

@@ -96,22 +96,12 @@ def test_the_captured_step_follows_the_eager_step_and_reads_its_metrics_every_re
     assert "train_loss" not in records(tmp_path / "eager")[0]
 
 
-def test_a_captured_runs_checkpoint_resumes_with_graphs_and_without(tmp_path, cpu_graphs):
+def test_a_captured_runs_checkpoint_resumes_with_graphs_and_without(tmp_path, cpu_graphs, preempt):
     fit(tiny(tmp_path, "whole"))
-    real, calls = loop._graph_step, []
-
-    def preempted_at_step_8(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    loop._graph_step = preempted_at_step_8
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            fit(tiny(tmp_path, "run"))
-    finally:
-        loop._graph_step = real
+    undo = preempt(loop, "_graph_step", 8)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(tmp_path, "run"))
+    undo()
     state = torch.load(tmp_path / "run" / "checkpoints" / "step-00000006.state.pt", weights_only=True)
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in state["optimizer"]["param_groups"])
     shutil.copytree(tmp_path / "run", tmp_path / "copy")
