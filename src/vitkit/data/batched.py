@@ -93,7 +93,8 @@ class CropResizeFlip:
 
     def __init__(self, cfg: DataConfig, data_channels: int) -> None:
         self.size, self.interpolation = cfg.img_size, cfg.interpolation
-        self.channels = v2.Compose(match_channels(data_channels, cfg.in_chans) or [v2.Identity()])
+        matching = match_channels(data_channels, cfg.in_chans)
+        self.channels = v2.Compose(matching) if matching else None
         norm = normalize(cfg)
         self.mean_std = [torch.tensor(v).view(-1, 1, 1) for v in (norm.mean, norm.std)]
 
@@ -114,7 +115,9 @@ class CropResizeFlip:
         images' reversed) -> the normalised batch (B, C', H', W'), on the images' device."""
         x = images.float() / 255  # (B, C, H, W) in [0, 1]
         Y = A_y[:, None] @ x @ A_x.transpose(1, 2)[:, None]  # (B, C, H', W')
-        Y = self.channels(Y.clamp_(0, 1))  # bicubic overshoot clipped, as in uint8 images
+        Y = Y.clamp_(0, 1)  # bicubic overshoot clipped, as in uint8 images
+        if self.channels is not None:
+            Y = self.channels(Y)
         if self.mean_std[0].device != Y.device:  # moved once: v2.Normalize's per-call copy would block on CUDA
             self.mean_std = [v.to(Y.device) for v in self.mean_std]
         mean, std = self.mean_std
