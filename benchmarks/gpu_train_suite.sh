@@ -7,7 +7,8 @@
 # 2. Fashion-MNIST time to accuracy with fashion-gpu (targets: 93% in 30 s, 94% in 60 s) (~75 s);
 # 3. benchmarks/gpu_train.py: bare step (eager, graph) vs vitkit train end to end, 3 models x 3 batches (~100 s);
 # 4. vitkit bench --cuda-graphs rows against timm (~25 s);
-# 5. a profiler summary of the batch-128 ViT row, for the closing note if a target is missed (~20 s).
+# 5. each feed's batches alone on the GPU (~15 s);
+# 6. a profiler summary of the batch-128 ViT row, for the closing note if a target is missed (~20 s).
 set -u
 out=${1:?usage: gpu_train_suite.sh OUT_DIR}
 py=${PYTHON:-python3}
@@ -32,6 +33,7 @@ for mode in infer train; do
     >"$out/bench_graph_$mode.json" 2>"$out/bench_graph_$mode.log"
   tail -n 4 "$out/bench_graph_$mode.log"
 done
+timeout -k 10 60 $py benchmarks/device_feed.py --device cuda --result "$out/device_feed_cuda.json" 2>&1 | tail -n 1
 timeout -k 10 60 $py benchmarks/gpu_train.py --models vit_fashion_patch4_28 --batches 128 --profile "$out/profile" \
   --result "$out/gpu_train_profiled.json" >"$out/profile.log" 2>&1
 head -n 3 "$out"/profile/*.txt 2>/dev/null
