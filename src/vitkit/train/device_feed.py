@@ -13,7 +13,9 @@ What it keeps of the loader's contract (vitkit.train.feed):
   drawn at once, vectorised, from a CPU generator seeded by (seed, epoch), so CPU and GPU runs draw the same.
 
 The one difference: the loader draws each box with torchvision's own `make_params` from a generator seeded
-per image, ~30 µs of Python an image (1.8 s a Fashion-MNIST epoch, longer than the epoch takes on a GPU).
+per image, in Python, item by item; with the collation around it that holds its batched path to ~8,400
+images/s on a CPU thread (benchmarks/device_feed.py), 7 s a Fashion-MNIST epoch, far longer than the epoch's
+steps take on a GPU.
 Here the same rule (RandomResizedCrop's ten tries, then its centre-crop fallback) runs on all N images at
 once, so the boxes follow the same distribution but are other draws: a device-fed run is a run of its own,
 reproducible and resumable like the loader's, not the loader run's twin (except where the augmentation
