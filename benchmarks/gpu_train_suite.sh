@@ -13,7 +13,7 @@ set -u
 out=${1:?usage: gpu_train_suite.sh OUT_DIR}
 py=${PYTHON:-python3}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's vitkit
 tmp=${TMPDIR:-/tmp}/vitkit-issue28
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)"
