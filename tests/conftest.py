@@ -44,3 +44,23 @@ def fashion_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
         test[i][0].save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
     return pngs
+
+
+@pytest.fixture
+def preempt(monkeypatch: pytest.MonkeyPatch):
+    """preempt(module, name, at): module.name raises KeyboardInterrupt at its `at`-th call (a run preempted
+    mid-way); undo(): put the real one back, to resume."""
+
+    def patch(module, name: str, at: int):
+        real, calls = getattr(module, name), []
+
+        def preempted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, preempted)
+        return lambda: monkeypatch.setattr(module, name, real)
+
+    return patch

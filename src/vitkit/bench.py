@@ -74,6 +74,7 @@ class RowSpec:
     seed: int
     weights_path: str
     onnx_path: str | None = None
+    cuda_graphs: bool = False  # the step captured as one CUDA graph and replayed (vitkit.train.graphs)
     calibrate: str | None = None  # int8: the dataset whose training images calibrate (default: photographs)
 
 
@@ -127,11 +128,11 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> tu
             with torch.inference_mode():
                 run(images)
 
-        return infer, {}
+        return (_captured(infer) if spec.cuda_graphs else infer), {}
 
     model.train()
     labels = torch.randint(0, max(cfg.num_classes, 1), (spec.batch_size,), generator=g).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=spec.cuda_graphs)
     scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
 
     def train_step() -> None:
@@ -142,7 +143,13 @@ def _step_fn(spec: RowSpec, model: nn.Module | None, device: torch.device) -> tu
         scaler.step(optimizer)
         scaler.update()
 
-    return train_step, {}
+    return (_captured(train_step) if spec.cuda_graphs else train_step), {}
+
+
+def _captured(step: Callable[[], None]) -> Callable[[], None]:
+    from .train.graphs import captured  # the training stack only for graph rows
+
+    return captured(step)
 
 
 def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> tuple[Step, dict[str, float]]:
@@ -270,6 +277,7 @@ def benchmark(
     isolate: bool = True,
     seed: int = 0,
     calibrate: str | None = None,
+    cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     """Measure `model_name` (seeded random weights) and, with compare="timm", timm's same architecture
     with the same weights, after checking that their outputs agree.
@@ -291,6 +299,10 @@ def benchmark(
     scikit-image's sample photographs, in place of max_abs_diff.
     """
     device, compile = _check_settings(precision, mode, compile, runtime, compare, device)
+    if cuda_graphs:  # both libraries' rows replay a captured step
+        from .train.graphs import check_graph_row
+
+        check_graph_row(device, mode, precision, compile, runtime)
     dev = torch.device(device)
     threads = threads or torch.get_num_threads()
     model = bench_model(model_name, img_size, seed)
@@ -299,12 +311,13 @@ def benchmark(
     result: dict[str, Any] = {
         "model": cfg.name, "batch_size": batch_size, "img_size": list(cfg.img_size), "precision": precision,
         "mode": mode, "compile": compile, "runtime": runtime, "device": device, "threads": threads,
-        "warmup": warmup, "repeats": repeats, "torch_version": torch.__version__,
+        "warmup": warmup, "repeats": repeats, "torch_version": torch.__version__, "cuda_graphs": cuda_graphs,
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
         spec = RowSpec(
             model_name, img_size, "vitkit", batch_size, precision, mode, compile, runtime, device, warmup, repeats,
             threads, seed, weights_path=str(Path(tmp) / "weights.safetensors"), calibrate=calibrate,
+            cuda_graphs=cuda_graphs,
         )  # fmt: skip
         save_file(model.state_dict(), spec.weights_path)
         if runtime == "onnxruntime":
@@ -337,7 +350,8 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [("vitkit", result["runtime"], "")] + ([("timm", "torch", "timm_")] if "timm_images_per_s" in result else [])
     lines = [
         f"{result['model']}  batch {result['batch_size']}  {result['img_size'][0]}x{result['img_size'][1]}  "
-        f"{result['precision']} {result['mode']}{' compiled' if result['compile'] else ''}  on {result['device']} "
+        f"{result['precision']} {result['mode']}{' compiled' if result['compile'] else ''}"
+        f"{' CUDA graph' if result.get('cuda_graphs') else ''}  on {result['device']} "
         f"({result['threads']} threads)  {result['gflops_per_image']:.2f} GFLOP/image  "
         f"matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s",
         header,
@@ -367,7 +381,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, batch_size=args.batch_size, img_size=args.img_size, precision=args.precision,
         compile=args.compile, mode=args.mode, compare=args.compare, runtime=args.runtime, device=args.device,
         warmup=args.warmup, repeats=args.repeats, threads=args.threads, isolate=not args.in_process,
-        calibrate=args.calibrate,
+        calibrate=args.calibrate, cuda_graphs=args.cuda_graphs,
     )  # fmt: skip
     print(format_table(result), file=sys.stderr)
     if args.json:
@@ -385,6 +399,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8: CPU inference, compiled, against timm's bf16 eager")  # fmt: skip
     p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: photographs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both rows)")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture the step as one CUDA graph (both rows)")
     p.add_argument("--mode", choices=["infer", "train"], default="infer")
     p.add_argument("--compare", choices=["timm"], help="also measure timm's same architecture and weights")
     p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")

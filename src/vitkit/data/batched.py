@@ -93,10 +93,13 @@ class CropResizeFlip:
 
     def __init__(self, cfg: DataConfig, data_channels: int) -> None:
         self.size, self.interpolation = cfg.img_size, cfg.interpolation
-        self.finish = v2.Compose(match_channels(data_channels, cfg.in_chans) + [normalize(cfg)])
+        matching = match_channels(data_channels, cfg.in_chans)
+        self.channels = v2.Compose(matching) if matching else None
+        norm = normalize(cfg)
+        self.mean_std = [torch.tensor(v).view(-1, 1, 1) for v in (norm.mean, norm.std)]
 
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor, int]]) -> Batch:
-        images = torch.stack([image for image, _, _ in items]).float() / 255  # (B, C, H, W) in [0, 1]
+        images = torch.stack([image for image, _, _ in items])
         H, W = images.shape[-2:]
         (out_h, out_w), mode = self.size, self.interpolation
         A_y, A_x = [], []
@@ -104,9 +107,21 @@ class CropResizeFlip:
             A_y.append(resize_weights(H, int(top), int(h), out_h, mode))
             a_x = resize_weights(W, int(left), int(w), out_w, mode)
             A_x.append(a_x.flip(0) if flip else a_x)
-        Y = torch.stack(A_y)[:, None] @ images @ torch.stack(A_x).transpose(1, 2)[:, None]  # (B, C, H', W')
         labels = torch.tensor([label for _, _, label in items])
-        return self.finish(Y.clamp_(0, 1)), labels  # bicubic overshoot clipped, as in uint8 images
+        return self.apply(images, torch.stack(A_y), torch.stack(A_x)), labels
+
+    def apply(self, images: torch.Tensor, A_y: torch.Tensor, A_x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, C, H, W), row weights A_y (B, H', H) and column weights A_x (B, W', W) (flipped
+        images' reversed) -> the normalised batch (B, C', H', W'), on the images' device."""
+        x = images.float() / 255  # (B, C, H, W) in [0, 1]
+        Y = A_y[:, None] @ x @ A_x.transpose(1, 2)[:, None]  # (B, C, H', W')
+        Y = Y.clamp_(0, 1)  # bicubic overshoot clipped, as in uint8 images
+        if self.channels is not None:
+            Y = self.channels(Y)
+        if self.mean_std[0].device != Y.device:  # moved once: v2.Normalize's per-call copy would block on CUDA
+            self.mean_std = [v.to(Y.device) for v in self.mean_std]
+        mean, std = self.mean_std
+        return Y.sub(mean).div_(std)  # v2.Normalize's arithmetic
 
 
 def batched_training_data(

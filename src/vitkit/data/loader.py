@@ -94,7 +94,7 @@ class ResumableSampler(DistributedSampler):
 
 def leave_signals_to_the_trainer(worker_id: int) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it (and SIGTERM), so that the training
-    process can finish its step and checkpoint (vitkit.train.loop.StopSignals); it stops them after."""
+    process can finish its step and checkpoint (vitkit.train.signals.StopSignals); it stops them after."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,28 +68,34 @@ def evaluate(
     num_classes: int,
     device: torch.device | str = "cpu",
     precision: Precision = "fp32",
+    stop: Callable[[], bool] | None = None,
 ) -> Evaluation:
-    """Run `model` over `loader`'s (images, labels) batches; top-5 is top-K when there are K < 5 classes."""
+    """Run `model` over `loader`'s (images, labels) batches; top-5 is top-K when there are K < 5 classes.
+    The sums stay on the device until the end (no host sync a batch); `stop()`, asked before each batch,
+    ends the pass early (the result then covers the batches seen)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     k = min(5, num_classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    correct_k, loss_sum, n = 0, 0.0, 0
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, top-k hits
+    n = 0
     for images, labels in loader:
+        if stop is not None and stop():
+            break
         images, labels = images.to(device), labels.to(device)
         with autocast(device, precision):
             logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(k, dim=1).indices  # (B, k)
-        correct_k += (top == labels[:, None]).any(dim=1).sum().item()
-        confusion += torch.bincount(labels.cpu() * num_classes + top[:, 0].cpu(), minlength=num_classes**2).view(
-            num_classes, num_classes
-        )
+        hits = (top == labels[:, None]).any(dim=1).sum()
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), hits.double()])
+        confusion.index_add_(0, labels * num_classes + top[:, 0], torch.ones_like(labels))  # bincount syncs on CUDA
         n += len(labels)
     model.train(was_training)
     if n == 0:
         raise ValueError("evaluation set is empty")
+    loss_sum, correct_k = sums.tolist()
+    confusion = confusion.cpu().view(num_classes, num_classes)
     return Evaluation(confusion.diagonal().sum().item() / n, correct_k / n, n, loss_sum / n, confusion)
 
 

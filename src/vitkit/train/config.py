@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
-from ..data import dataset_defaults
+from ..files import atomic_write
+from ..data import DataSource, dataset_defaults
+from ..models import get_config
 from ..models.config import check_fields
 from ..models.posembed import ResampleMethod
 from ..precision import Precision
+from . import distributed
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
 
 
@@ -54,6 +59,12 @@ class TrainConfig:
     limit_eval: int | None = option(None, "evaluate on only the first N test images")
     data_root: str | None = option(None, "where datasets are unpacked/downloaded")
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
+    feed: Literal["auto", "device", "loader"] = option(
+        "auto", "training images from a loader, or held on the device and augmented there in batches "
+        "(vitkit.train.device_feed; auto: the device feed on CUDA when the data is in memory and fits)")
+    cuda_graphs: Literal["auto", "on", "off"] = option(
+        "auto", "capture the training step as one CUDA graph (vitkit.train.graphs; auto: on CUDA when the run "
+        "allows it)")
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -69,6 +80,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a fraction of the training images, in [0, 1), got {self.holdout}")
+        for name in ("feed", "cuda_graphs"):
+            choices = get_args(get_type_hints(TrainConfig)[name])
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
 
@@ -84,7 +99,7 @@ class TrainConfig:
 
 # Fields that only change how a run executes, not what it computes: they may differ on --resume.
 EXECUTION_FIELDS = ("resume", "workers", "progress", "device", "data_root", "log_every", "checkpoint_every",
-                    "keep_checkpoints", "skip_nonfinite", "compile")
+                    "keep_checkpoints", "skip_nonfinite", "compile", "cuda_graphs")
 
 
 def read_run_config(out: str | Path) -> TrainConfig:
@@ -137,3 +152,29 @@ def make_config(recipe_overrides: dict[str, Any] | None = None, **fields: Any) -
     if not fields.get("data"):
         raise ValueError("no dataset given: --data NAME (one of fashion_mnist, mnist5k, digits, imagefolder:PATH, ...)")
     return with_defaults(TrainConfig(**fields), **(recipe_overrides or {}))
+
+
+def resolve(cfg: TrainConfig, procs: distributed.Processes) -> TrainConfig:
+    """Fill in the defaults that depend on the dataset and the run directory (the same on every process)."""
+    if cfg.recipe is None or cfg.model is None:
+        cfg = with_defaults(cfg)
+    get_config(cfg.model)  # an unknown name fails here, before any work
+    if cfg.out is None:
+        if cfg.resume:
+            raise ValueError("--resume needs --out DIR, the run directory to continue")
+        stamp = procs.broadcast(time.strftime("%Y%m%d-%H%M%S"))
+        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.data.split(':')[0]}-{cfg.model}-{stamp}")
+    return cfg
+
+
+def write_run_config(cfg: TrainConfig, model: Any, data: DataSource, extra: dict[str, Any]) -> None:
+    """config.yaml: the run, the recipe, the model's config and what was derived, all resolved."""
+    doc = {
+        "train": cfg.to_dict(),
+        "model": model.config.to_dict(),
+        "data": {"name": data.name, "classes": data.classes, "channels": data.channels},
+        **extra,
+    }
+    plain = json.loads(json.dumps(doc))  # tuples -> lists, for safe_dump
+    text = yaml.safe_dump(plain, sort_keys=False)
+    atomic_write(Path(cfg.out) / "config.yaml", lambda tmp: Path(tmp).write_text(text))

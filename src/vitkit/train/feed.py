@@ -8,6 +8,7 @@ are a function of (seed, s) and the run's shape, so a resumed run continues wher
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -20,8 +21,10 @@ from ..data.batched import batched_training_data
 from ..data.preprocessing import DataConfig
 from ..data.loader import leave_signals_to_the_trainer
 from ..data.streaming import StreamedSplit, first
+from ..data.subsets import split_subset
 from . import distributed
 from .config import TrainConfig
+from .device_feed import DeviceFeed, choose_feed, device_feed
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Feed:
     workers: int
     augmentation: str
     images: int  # in the training split (after --limit-train)
+    reason: str = ""  # why this feed and not the device's (vitkit.train.device_feed)
 
     def epoch(self, epoch: int, step: int) -> Iterator[Any]:
         """The micro-batches of `epoch` from its `step`-th step on."""
@@ -105,15 +109,45 @@ def _streamed_feed(train_set: StreamedSplit, data_cfg: DataConfig, data: DataSou
 
 
 def build_feed(data: DataSource, data_cfg: DataConfig, cfg: TrainConfig, procs: distributed.Processes, micro: int,
-               per_step: int, saved_workers: int | None = None) -> Feed:  # fmt: skip
-    """The training feed of this process; `saved_workers`: a resumed streamed run keeps its worker count,
-    since the order of its samples depends on it."""
+               per_step: int, saved_workers: int | None = None) -> Feed | DeviceFeed:  # fmt: skip
+    """The training feed of this process (--feed: the device's or a loader); `saved_workers`: a resumed
+    streamed run keeps its worker count, since the order of its samples depends on it."""
     train_set = first(data.split("train"), cfg.limit_train)
-    if isinstance(train_set, StreamedSplit):
+    on_device, why = choose_feed(cfg.feed, train_set, cfg, procs.device)
+    if on_device:
+        feed = device_feed(data, train_set, data_cfg, cfg, procs, micro, per_step)
+    elif isinstance(train_set, StreamedSplit):
         workers = saved_workers if saved_workers is not None else loader_workers(cfg, procs)
         feed = _streamed_feed(train_set, data_cfg, data, cfg, procs, micro, per_step, workers)
     else:
         feed = _indexed_feed(train_set, data_cfg, data, cfg, procs, micro, per_step)
+    feed.reason = why
     if feed.steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.recipe.batch_size} is larger than the {feed.images} training images")
     return feed
+
+
+def held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
+    """`data` with the run's nested subset (--subset) as its training split and, with --holdout, the held-out
+    part of it in place of the test split, which is then left alone; and the name of the split evaluated."""
+    if not (cfg.subset or cfg.holdout):
+        return data, "test"
+    train = data.split("train")
+    if isinstance(train, StreamedSplit):  # subsets are drawn by index
+        train = train.held()
+    train, kept_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+    if kept_out is None:
+        return dataclasses.replace(data, train=train), "test"
+    return dataclasses.replace(data, train=train, test=kept_out), "held-out"
+
+
+def micro_batches(cfg: TrainConfig, procs: distributed.Processes) -> tuple[int, int]:
+    """(images per forward pass and process, forward passes per step) that make up the global batch."""
+    batch = cfg.recipe.batch_size
+    if batch % procs.world_size:
+        raise ValueError(f"batch_size {batch} is not divisible by the {procs.world_size} processes")
+    per_rank = batch // procs.world_size
+    micro = cfg.micro_batch or per_rank
+    if per_rank % micro:
+        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
+    return micro, per_rank // micro

@@ -10,12 +10,10 @@ images that one process would have seen.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,70 +22,31 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import create_model
-from ..checkpoints.io import atomic_write, save
-from ..checkpoints.load import load_checkpoint
-from ..data import DataSource, batch_mix, load_data, mix_seed, per_channel
-from ..data.streaming import StreamedSplit, first
-from ..data.subsets import split_subset
-from ..evaluate import Evaluation, eval_loader, evaluate
+from ..checkpoints.io import save
+from ..data import DataSource, batch_mix, load_data, mix_seed
+from ..data.streaming import first
+from ..evaluate import Evaluation, evaluate
 from ..evaluate.predict import CLASSES_KEY
-from ..models import get_config
 from ..precision import autocast
 from . import distributed
-from .config import TrainConfig, with_defaults
+from .config import TrainConfig, resolve, write_run_config
 from .ema import ModelEMA
-from .feed import build_feed
+from .device_feed import eval_batches
+from .feed import build_feed, held_out, micro_batches
+from .graphs import GraphStep, graphs_allowed
+from .model_setup import placed_model
 from .optim import build_optimizer
 from .recipes import Recipe
-from .resume import checkpoints, newest_intact, remove_partial_writes, write_checkpoint
+from .resume import checkpoints, newest_checkpoint, restore, saved_workers, write_checkpoint
 from .runlog import RunLog
 from .schedule import lr_factor
+from .signals import Interrupted, NonFiniteLoss, StopSignals, stop_requested
 
 BEST, FINAL = "best.safetensors", "model.safetensors"
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped the run after a final checkpoint; `signum` says which."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-class StopSignals:
-    """While active, SIGINT and SIGTERM ask the loop to stop after the current step (`requested`);
-    a second one interrupts at once (atomic writes keep the last checkpoint whole)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signum
-
-    def install(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def restore(self) -> None:
-        """Put back the handlers that were there before install()."""
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 @dataclass
@@ -114,40 +73,6 @@ class TrainResult:
         if self.skipped_steps:
             lines.append(f"skipped {self.skipped_steps} steps whose loss was not finite (--skip-nonfinite)")
         return "\n".join(lines)
-
-
-def _resolve(cfg: TrainConfig, procs: distributed.Processes) -> TrainConfig:
-    """Fill in the defaults that depend on the dataset and the run directory (the same on every process)."""
-    if cfg.recipe is None or cfg.model is None:
-        cfg = with_defaults(cfg)
-    get_config(cfg.model)  # an unknown name fails here, before any work
-    if cfg.out is None:
-        if cfg.resume:
-            raise ValueError("--resume needs --out DIR, the run directory to continue")
-        stamp = procs.broadcast(time.strftime("%Y%m%d-%H%M%S"))
-        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.data.split(':')[0]}-{cfg.model}-{stamp}")
-    return cfg
-
-
-def _build_model(cfg: TrainConfig, data: DataSource) -> nn.Module:
-    recipe = cfg.recipe
-    base = get_config(cfg.model)
-    in_chans = cfg.in_chans or base.in_chans
-    overrides: dict[str, Any] = dict(
-        num_classes=len(data.classes), in_chans=in_chans, dropout=recipe.dropout, drop_path=recipe.drop_path,
-        mean=tuple(per_channel(base.mean, in_chans)), std=tuple(per_channel(base.std, in_chans)),
-    )  # fmt: skip
-    if base.family == "resnet":
-        if recipe.patch_drop or cfg.patch_size:
-            warnings.warn(f"{cfg.model} has no patches: patch_drop and patch_size are ignored", stacklevel=2)
-    else:
-        overrides["patch_drop"] = recipe.patch_drop
-        if cfg.patch_size:
-            overrides["patch_size"] = cfg.patch_size
-    if recipe.img_size:
-        overrides["img_size"] = recipe.img_size
-    torch.manual_seed(cfg.seed)
-    return create_model(cfg.model, **overrides)
 
 
 def _loss(
@@ -200,19 +125,6 @@ def train_step(
     return loss
 
 
-def _write_config(cfg: TrainConfig, model: nn.Module, data: DataSource, extra: dict[str, Any]) -> None:
-    """config.yaml: the run, the recipe, the model's config and what was derived, all resolved."""
-    doc = {
-        "train": cfg.to_dict(),
-        "model": model.config.to_dict(),
-        "data": {"name": data.name, "classes": data.classes, "channels": data.channels},
-        **extra,
-    }
-    plain = json.loads(json.dumps(doc))  # tuples -> lists, for safe_dump
-    text = yaml.safe_dump(plain, sort_keys=False)
-    atomic_write(Path(cfg.out) / "config.yaml", lambda tmp: Path(tmp).write_text(text))
-
-
 def fit(cfg: TrainConfig) -> TrainResult:
     """Train as `cfg` says (launched by torchrun: one of several processes); returns where things are."""
     procs = distributed.start(cfg.device)
@@ -223,10 +135,10 @@ def fit(cfg: TrainConfig) -> TrainResult:
 
 
 def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
-    run = _setup(_resolve(cfg, procs), procs)
+    run = _setup(resolve(cfg, procs), procs)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (run.main and cfg.progress),
                dynamic_ncols=True)  # fmt: skip
-    signals = StopSignals().install()
+    signals = run.signals = StopSignals().install()
     try:
         evaluated_at = _train(run, bar, signals)
         bar.close()
@@ -262,6 +174,9 @@ class _Run:
     scaler: torch.amp.GradScaler
     ema: ModelEMA | None
     mix: Any
+    graphs: bool = False  # capture the step as a CUDA graph (vitkit.train.graphs), at the first step
+    graph: GraphStep | None = None
+    signals: StopSignals | None = None
     train_model: nn.Module | None = None  # the model as trained: DDP-wrapped and/or compiled
     log: RunLog | None = None
     step: int = 0
@@ -317,35 +232,43 @@ class _Run:
     def last_good(self) -> str:
         return f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
 
+    def stopping(self) -> bool:
+        """SIGINT/SIGTERM arrived in this single-process run: no (more) evaluation, the loop stops after the step."""
+        return not self.procs.distributed and self.signals is not None and self.signals.requested is not None
+
     def evaluate(self) -> None:
         """Evaluate on the held-out (or test) split, log it, and keep the best weights as best.safetensors."""
         sharded = distributed.is_sharded(self.model)
-        if self.main or sharded:  # a sharded model's forward pass needs every process
+        if (self.main or sharded) and not self.stopping():  # a sharded model's forward pass needs every process
             started = time.time()
             ev = evaluate(self.eval_model(), self.test_loader, len(self.data.classes), self.procs.device,
-                          self.cfg.precision)  # fmt: skip
-            seconds, self.last_eval = time.time() - started, ev
-            improved = self.best_top1 is None or ev.top1 > self.best_top1
-            if sharded:  # every process gathers the weights to save, or none
-                improved = self.procs.broadcast(improved)
-            if improved:
-                self.best_top1 = ev.top1
-                self.save_weights(self.out / BEST, {**self.meta, "step": str(self.step), "top1": str(ev.top1)})
-            if self.main:
-                self.log.write({
-                    "step": self.step, "epoch": self.step / self.steps_per_epoch, "eval_top1": ev.top1,
-                    "eval_top5": ev.top5, "eval_loss": ev.loss, "eval_images_per_s": ev.n / max(seconds, 1e-9),
-                    "time_s": self.time_s(),
-                })  # fmt: skip
-                self.log.plot()
-                self.say(f"step {self.step}: {self.eval_name} top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%}, "
-                         f"loss {ev.loss:.4f}")  # fmt: skip
+                          self.cfg.precision, stop=self.stopping)  # fmt: skip
+            if not self.stopping():
+                self._record(ev, time.time() - started)
         self.procs.barrier()
+
+    def _record(self, ev: Evaluation, seconds: float) -> None:
+        self.last_eval = ev
+        improved = self.best_top1 is None or ev.top1 > self.best_top1
+        if distributed.is_sharded(self.model):  # every process gathers the weights to save, or none
+            improved = self.procs.broadcast(improved)
+        if improved:
+            self.best_top1 = ev.top1
+            self.save_weights(self.out / BEST, {**self.meta, "step": str(self.step), "top1": str(ev.top1)})
+        if self.main:
+            self.log.write({
+                "step": self.step, "epoch": self.step / self.steps_per_epoch, "eval_top1": ev.top1,
+                "eval_top5": ev.top5, "eval_loss": ev.loss, "eval_images_per_s": ev.n / max(seconds, 1e-9),
+                "time_s": self.time_s(),
+            })  # fmt: skip
+            self.log.plot(force=False)
+            self.say(f"step {self.step}: {self.eval_name} top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%}, "
+                     f"loss {ev.loss:.4f}")  # fmt: skip
 
 
 def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     """Everything before the first step: data, model, optimiser, the resumed state; writes config.yaml."""
-    data, eval_name = _held_out(cfg, load_data(cfg.data, cfg.data_root))
+    data, eval_name = held_out(cfg, load_data(cfg.data, cfg.data_root))
     recipe, out = cfg.recipe, Path(cfg.out)
     if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
@@ -356,28 +279,32 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
         raise ValueError("--fsdp shards the model over several processes: launch with torchrun --nproc-per-node K")
     if cfg.fsdp and recipe.ema_decay:
         raise ValueError("--fsdp keeps no EMA of the weights: leave out --ema-decay")
-    model = _placed_model(cfg, procs, data)
-    micro, accum = _micro_batches(cfg, procs)
-    feed = build_feed(data, model.config.data_config, cfg, procs, micro, accum, _saved_workers(cfg))
+    model = placed_model(cfg, procs, data)
+    micro, accum = micro_batches(cfg, procs)
+    feed = build_feed(data, model.config.data_config, cfg, procs, micro, accum, saved_workers(cfg))
+    graphs, graphs_why = graphs_allowed(cfg, procs, accum)  # a step that cannot be captured fails here
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
-    test_loader = eval_loader(first(data.split("test"), cfg.limit_eval), model.config.data_config, data.channels,
-                              batch_size=256, workers=feed.workers)  # fmt: skip
+    test_loader = eval_batches(first(data.split("test"), cfg.limit_eval), model.config.data_config, data.channels,
+                               procs.device, feed.augmentation == "device", feed.workers)  # fmt: skip
+    if procs.is_main:
+        print(f"feed: {feed.augmentation} ({feed.reason}); CUDA graphs: {'on' if graphs else 'off'} ({graphs_why})",
+              file=sys.stderr)  # fmt: skip
     run = _Run(
         cfg, procs, data, eval_name, model, feed, accum, test_loader,
         total_steps=recipe.steps or math.ceil(recipe.epochs * feed.steps_per_epoch),
         optimizer=build_optimizer(model, recipe),
         scaler=torch.amp.GradScaler(procs.device.type, enabled=cfg.precision == "fp16"),
         ema=ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None,
-        mix=batch_mix(recipe.mixup, recipe.cutmix, len(data.classes)),
+        mix=batch_mix(recipe.mixup, recipe.cutmix, len(data.classes)), graphs=graphs,
     )  # fmt: skip
     _resume(run)
     if procs.is_main:
-        _write_config(cfg, model, data, {"derived": {
+        write_run_config(cfg, model, data, {"derived": {
             "total_steps": run.total_steps, "steps_per_epoch": feed.steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": feed.workers,
             "augmentation": feed.augmentation, "train_images": feed.images, "eval_images": len(test_loader.dataset),
-            "eval_split": eval_name,
+            "eval_split": eval_name, "cuda_graphs": graphs,
         }})  # fmt: skip
     procs.barrier()
     run.train_model, device = model, procs.device
@@ -389,33 +316,15 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     return run
 
 
-def _placed_model(cfg: TrainConfig, procs: distributed.Processes, data: DataSource) -> nn.Module:
-    """The model built (and initialised from --init-from) on its device; sharded for FSDP. Creates cfg.out."""
-    model = _build_model(cfg, data)  # a bad model config fails here, before anything is written
-    if procs.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    if cfg.init_from and not cfg.resume:
-        report = load_checkpoint(model, cfg.init_from, pos_method=cfg.pos_method)
-        if cfg.recipe.reset_head and not report.head_reset:
-            model.reset_head()
-            report.notes.append("head re-initialised to zeros (the paper's fine-tuning head)")
-        if procs.is_main:
-            print(str(report), file=sys.stderr)
-    model.to(procs.device)
-    if cfg.fsdp:
-        distributed.shard(model)  # before the optimiser is built: it holds this process's shards
-    return model
-
-
 def _resume(run: _Run) -> None:
     """With --resume, restore the newest intact checkpoint's weights, optimiser, scaler, EMA and state."""
     if not run.cfg.resume:
         return
-    resumed = _newest_checkpoint(run.cfg, run.procs)
+    resumed = newest_checkpoint(run.cfg, run.procs)
     if resumed is None:
         run.say(f"{run.out} has no checkpoint yet: starting from the beginning")
         return
-    state = _restore(resumed, run.model, run.optimizer, run.scaler, run.ema, run.total_steps)
+    state = restore(resumed, run.model, run.optimizer, run.scaler, run.ema, run.total_steps)
     run.step, run.best_top1, run.elapsed = state["step"], state["best_top1"], state["elapsed"]
     run.skipped_steps, run.last_checkpoint = state.get("skipped_steps", 0), resumed.path
     run.say(f"resuming {run.out} at step {run.step} of {run.total_steps} from {resumed.path}")
@@ -437,19 +346,23 @@ def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
             loss, lr = _optimiser_step(run, batches)
             busy += time.time() - started
             bar.update(1)
-            if run.step % cfg.log_every == 0 or run.step == total:
+            eval_due = run.step % (cfg.eval_every or run.steps_per_epoch) == 0
+            checkpoint_due = run.step % cfg.checkpoint_every == 0 or run.step == total
+            if run.step % cfg.log_every == 0 or run.step == total or (run.graphs and (eval_due or checkpoint_due)):
+                started = time.time()
+                metrics = _metrics(run, loss)  # the one host sync of a captured run, every few steps
+                busy += time.time() - started
                 speed = (run.step - tick_step) * cfg.recipe.batch_size / max(busy - tick_busy, 1e-9)
                 tick_busy, tick_step = busy, run.step
-                run.log.write({"step": run.step, "epoch": run.step / run.steps_per_epoch, "loss": loss.item(),
+                run.log.write({"step": run.step, "epoch": run.step / run.steps_per_epoch, **metrics,
                                "lr": lr, "images_per_s": speed, "time_s": run.time_s()})  # fmt: skip
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
-            if run.step % (cfg.eval_every or run.steps_per_epoch) == 0:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
+            if eval_due:
                 run.evaluate()
                 evaluated_at = run.step
-            checkpoint_due = run.step % cfg.checkpoint_every == 0 or run.step == total
             if checkpoint_due:
                 run.checkpoint()
-            if _stop_requested(signals, run.procs):
+            if stop_requested(signals, run.procs):
                 if not checkpoint_due:
                     run.checkpoint()
                 signum = signals.requested or signal.SIGTERM  # another rank may have been the one signalled
@@ -464,6 +377,8 @@ def _optimiser_step(run: _Run, batches: Any) -> tuple[torch.Tensor, float]:
     loss skips the step, up to --skip-nonfinite times."""
     cfg, recipe, step = run.cfg, run.cfg.recipe, run.step
     lr = recipe.lr * lr_factor(step, run.total_steps, recipe.warmup, recipe.decay)
+    if run.graphs:
+        return _graph_step(run, batches, lr), lr
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     if recipe.patch_drop and hasattr(run.model, "set_patch_drop"):
@@ -484,64 +399,44 @@ def _optimiser_step(run: _Run, batches: Any) -> tuple[torch.Tensor, float]:
     return loss, lr
 
 
-def _held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
-    """`data` with the run's nested subset (--subset) as its training split and, with --holdout, the held-out
-    part of it in place of the test split, which is then left alone; and the name of the split evaluated."""
-    if not (cfg.subset or cfg.holdout):
-        return data, "test"
-    train = data.split("train")
-    if isinstance(train, StreamedSplit):  # subsets are drawn by index
-        train = train.held()
-    train, held_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
-    if held_out is None:
-        return dataclasses.replace(data, train=train), "test"
-    return dataclasses.replace(data, train=train, test=held_out), "held-out"
+def _graph_step(run: _Run, batches: Any, lr: float) -> torch.Tensor:
+    """The step replayed as a CUDA graph (captured at the first one); returns its loss, on the device."""
+    torch.manual_seed(mix_seed(run.cfg.seed, 1 << 32, run.step, run.procs.rank))  # as the eager step
+    images, labels = next(batches)
+    images, labels = images.to(run.procs.device, non_blocking=True), labels.to(run.procs.device, non_blocking=True)
+    if run.mix is not None:
+        images, labels = run.mix(images, labels)
+    recipe = run.cfg.recipe
+    if run.graph is None:
+        try:
+            run.graph = GraphStep(run.model, run.optimizer, _loss, recipe.label_smoothing, recipe.clip_grad,
+                                  run.cfg.precision, (images, labels))  # fmt: skip
+        except RuntimeError as e:
+            if run.cfg.cuda_graphs == "on":
+                raise
+            warnings.warn(f"capturing the step as a CUDA graph failed ({str(e)[:200]}); going on eagerly",
+                          stacklevel=1)  # fmt: skip
+            run.graphs = False
+    if run.graph is None:  # this step, already drawn and mixed, eagerly
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        loss = train_step(run.train_model, [(images, labels)], run.optimizer, run.scaler, recipe, run.cfg, run.procs,
+                          None)  # fmt: skip
+    else:
+        loss = run.graph.step(images, labels, lr)
+    if run.ema is not None:
+        run.ema.update(run.model)
+    run.step += 1
+    return loss
 
 
-def _micro_batches(cfg: TrainConfig, procs: distributed.Processes) -> tuple[int, int]:
-    """(images per forward pass and process, forward passes per step) that make up the global batch."""
-    batch = cfg.recipe.batch_size
-    if batch % procs.world_size:
-        raise ValueError(f"batch_size {batch} is not divisible by the {procs.world_size} processes")
-    per_rank = batch // procs.world_size
-    micro = cfg.micro_batch or per_rank
-    if per_rank % micro:
-        raise ValueError(f"micro_batch {micro} does not divide the per-process batch {per_rank}")
-    return micro, per_rank // micro
-
-
-def _newest_checkpoint(cfg: TrainConfig, procs: distributed.Processes) -> Any:
-    """The newest intact checkpoint of the run in cfg.out (None if there is none), once rank 0 has removed
-    the partial writes of an interrupted one."""
-    if procs.is_main:
-        remove_partial_writes(Path(cfg.out))
-    procs.barrier()
-    return newest_intact(Path(cfg.out))
-
-
-def _restore(resumed: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-             ema: ModelEMA | None, total_steps: int) -> dict[str, Any]:  # fmt: skip
-    """Load a checkpoint's weights, optimiser, scaler and EMA; its state (step, best_top1, elapsed, ...)."""
-    state = resumed.state
-    if state["total_steps"] != total_steps:
-        was = state["total_steps"]
-        raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
-    distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    if ema is not None:
-        ema.module.load_state_dict(state["ema"])
-    return state
-
-
-def _saved_workers(cfg: TrainConfig) -> int | None:
-    """The loader workers of the run being resumed, as its config.yaml records them."""
-    path = Path(cfg.out) / "config.yaml"
-    if not (cfg.resume and path.is_file()):
-        return None
-    return yaml.safe_load(path.read_text()).get("derived", {}).get("workers")
-
-
-def _stop_requested(signals: StopSignals, procs: distributed.Processes) -> bool:
-    """Whether any process received SIGINT/SIGTERM (torchrun passes them to every rank, not at once)."""
-    flag = torch.tensor(float(signals.requested is not None))
-    return bool(procs.mean(flag) > 0)
+def _metrics(run: _Run, loss: torch.Tensor) -> dict[str, float]:
+    """The logged training metrics: the last step's loss and, for a captured step, the means since the last
+    record; a non-finite loss there stops the run before anything is evaluated or saved."""
+    if run.graph is None:
+        return {"loss": loss.item()}
+    means = run.graph.read()
+    if means.pop("nonfinite"):
+        raise NonFiniteLoss(f"a loss was not finite in the steps up to {run.step}; stopping ({run.last_good()}; "
+                            "with --cuda-graphs off, --skip-nonfinite can skip such steps)")  # fmt: skip
+    return {"loss": loss.item(), **means}

@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from torch import nn
 
 from ..checkpoints.io import CheckpointError, read_vitkit_file, save
 from ..evaluate.predict import checkpoint_metadata
 from ..files import atomic_write, sha256_file
+from . import distributed
+from .config import TrainConfig
+from .ema import ModelEMA
 
 CHECKPOINT_DIR = "checkpoints"
 _PAIR = re.compile(r"step-(\d{8})\.safetensors")
@@ -131,3 +135,34 @@ def remove_partial_writes(out: str | os.PathLike) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def newest_checkpoint(cfg: TrainConfig, procs: distributed.Processes) -> Resumable | None:
+    """The newest intact checkpoint of the run in cfg.out (None if there is none), once rank 0 has removed
+    the partial writes of an interrupted one."""
+    if procs.is_main:
+        remove_partial_writes(Path(cfg.out))
+    procs.barrier()
+    return newest_intact(Path(cfg.out))
+
+
+def restore(resumed: Resumable, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             ema: ModelEMA | None, total_steps: int) -> dict[str, Any]:  # fmt: skip
+    """Load a checkpoint's weights, optimiser, scaler and EMA; its state (step, best_top1, elapsed, ...)."""
+    state = resumed.state
+    if state["total_steps"] != total_steps:
+        was = state["total_steps"]
+        raise ValueError(f"cannot resume: the run was {was} steps long, with this data it would be {total_steps}")
+    distributed.load_full_state(model, optimizer, resumed.weights, state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"])
+    return state
+
+
+def saved_workers(cfg: TrainConfig) -> int | None:
+    """The loader workers of the run being resumed, as its config.yaml records them."""
+    path = Path(cfg.out) / "config.yaml"
+    if not (cfg.resume and path.is_file()):
+        return None
+    return yaml.safe_load(path.read_text()).get("derived", {}).get("workers")
