@@ -61,9 +61,11 @@ def gap_trend(gaps: dict[int, list[float]], resamples: int = BOOTSTRAP, seed: in
         "crossing": None,
     }  # fmt: skip
     if means[-1] > 0 and fit.slope < 0:
-        trend["crossing"] = {"size": float(10 ** (-fit.intercept / fit.slope)), "extrapolation": True,
-                             "note": f"where the fitted line reaches a gap of 0, beyond the largest measured size "
-                                     f"{sizes[-1]:,}: an extrapolation of a {len(sizes)}-point fit"}  # fmt: skip
+        size = float(10 ** (-fit.intercept / fit.slope))
+        beyond = size > sizes[-1]
+        where = (f"beyond the largest measured size {sizes[-1]:,}: an extrapolation of a {len(sizes)}-point fit" if beyond
+                 else "within the measured sizes, though the gap measured at the largest is still positive")  # fmt: skip
+        trend["crossing"] = {"size": size, "extrapolation": beyond, "note": f"where the fitted line reaches 0, {where}"}
     return trend
 
 
@@ -102,6 +104,22 @@ def format_analysis(analysis: dict[str, Any]) -> str:
                 se = "-" if t["slope_se"] is None else f"{100 * t['slope_se']:.2f}"
                 b = t["bootstrap"]
                 slope = f"{100 * t['slope_per_decade']:+.2f} ({se}; {100 * b['slope_2.5']:+.2f} to {100 * b['slope_97.5']:+.2f})"
-                crossing = "-" if t["crossing"] is None else f"{t['crossing']['size']:,.0f} images"
+                c = t["crossing"]
+                crossing = "-" if c is None else f"{c['size']:,.0f} images" + ("" if c["extrapolation"] else " (fit only)")
             lines.append(f"| {model} | " + " | ".join(cells.get(n, "-") for n in sizes) + f" | {slope} | {crossing} |")
     return "\n".join(lines).strip()
+
+
+def format_by_size(summary: Sequence[dict[str, Any]], metrics: Sequence[str] = tuple(METRICS)) -> str:
+    """Markdown: a row per model and metric measured, a column per size; mean ± std over seeds (seeds)."""
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    sizes = sorted({r["size"] for r in summary})
+    cell = {(r["model"], r["size"]): r for r in summary}
+    lines = ["| model | " + " | ".join(f"{n:,}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for key in (k for k in metrics if any(r.get(k) is not None for r in summary)):
+        for m in models:
+            values = [cell.get((m, n)) for n in sizes]
+            lines.append(f"| {m} ({METRICS[key]}) | " + " | ".join(
+                "-" if r is None or r.get(key) is None else f"{r[key]:.2%} ± {r[f'{key}_std']:.2%} ({r['seeds']})"
+                for r in values) + " |")  # fmt: skip
+    return "\n".join(lines)

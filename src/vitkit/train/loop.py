@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from .. import create_model
@@ -504,6 +505,9 @@ def _held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
     if isinstance(train, StreamedSplit):  # subsets are drawn by index
         train = train.held()
     train, held_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+    if len(train) < cfg.recipe.batch_size:  # a subset smaller than a batch (a GPU batch on 1k images): an epoch
+        copies = math.ceil(cfg.recipe.batch_size / len(train))  # passes over it that many times, each crop drawn anew
+        train = Subset(train, torch.arange(len(train)).repeat(copies).tolist())
     if held_out is None:
         return dataclasses.replace(data, train=train), "test"
     return dataclasses.replace(data, train=train, test=held_out), "held-out"
