@@ -254,7 +254,7 @@ def transfer_task(spec: str, models: Sequence[str], data_root: str | None = None
             eval_transform(cfg, source.channels)(image)
         except (ValueError, RuntimeError, TypeError) as e:
             raise ValueError(f"--transfer {spec}: its images cannot be resized to {model}'s input "
-                             f"({cfg.in_chans}x{cfg.img_size}x{cfg.img_size}): {str(e).splitlines()[0]}") from None  # fmt: skip
+                             f"({cfg.in_chans}x{'x'.join(map(str, cfg.img_size))}): {str(e).splitlines()[0]}") from None  # fmt: skip
     return task
 
 
