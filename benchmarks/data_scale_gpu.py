@@ -38,7 +38,8 @@ from vitkit.study_analysis import format_analysis, format_by_size  # noqa: E402
 from vitkit.train.runlog import read_metrics  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "data_scale_gpu.json"
-DOCS = {ROOT / "docs" / "study.md": "gpu-study", ROOT / "README.md": "gpu-study"}
+BLOCK = "gpu-study"  # <!-- gpu-study:begin --> ... <!-- gpu-study:end --> in each page, and its figures' folder
+DOCS = {ROOT / "docs" / "study.md": "study", ROOT / "README.md": "docs/study"}
 
 
 def _ints(text: str) -> list[int]:
@@ -92,8 +93,9 @@ def fill_block(path: Path, name: str, text: str) -> bool:
     return True
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The GPU study's tables, as the docs show them."""
+def markdown(result: dict[str, Any], figures: str | None = None) -> str:
+    """The GPU study's tables, as the docs show them, and with `figures` (their folder, relative to the page)
+    the two figures."""
     s = result["study"]
     head = (f"`{result['command']}`; {result['machine']}; {len(result['runs'])} runs "
             f"({'complete' if result['complete'] else 'cut short by the time limit'}), every run "
@@ -104,7 +106,9 @@ def markdown(result: dict[str, Any]) -> str:
     recipes = "; ".join(f"{f}: {r['recipe']} {r['overrides'] or '(untuned)'}" for f, r in tuned.get("recipes", {}).items())
     return "\n\n".join([head, f"Recipes ({tuned.get('grid_points_done', 0)} of {tuned.get('grid_points', 6)} grid "
                                f"points done for every family): {recipes or 'untuned'}",
-                        format_by_size(result["summary"]), format_analysis(result["analysis"] or {"gaps": {}})])  # fmt: skip
+                        format_by_size(result["summary"]), format_analysis(result["analysis"] or {"gaps": {}}),
+                        *([f"![GPU study: accuracy against training-set size]({figures}/gpu_{FIGURES[0]})",
+                           f"![GPU study: accuracy against training FLOPs]({figures}/gpu_{FIGURES[1]})"] if figures else [])])  # fmt: skip
 
 
 def report(args: argparse.Namespace, out: Path, steps: dict[str, Any], started: float) -> dict[str, Any]:
@@ -128,7 +132,7 @@ def report(args: argparse.Namespace, out: Path, steps: dict[str, Any], started: 
             shutil.copyfile(study_dir / name, figures / f"gpu_{name}")
     text = markdown(result)
     if args.fill_docs:
-        filled = [str(p) for p, block in DOCS.items() if fill_block(p, block, text)]
+        filled = [str(p) for p, folder in DOCS.items() if fill_block(p, BLOCK, markdown(result, folder))]
         print(f"filled the {', '.join(filled) or 'no'} GPU blocks", file=sys.stderr)
     print(text)
     return result

@@ -105,7 +105,9 @@ def format_analysis(analysis: dict[str, Any]) -> str:
                 b = t["bootstrap"]
                 slope = f"{100 * t['slope_per_decade']:+.2f} ({se}; {100 * b['slope_2.5']:+.2f} to {100 * b['slope_97.5']:+.2f})"
                 c = t["crossing"]
-                crossing = "-" if c is None else f"{c['size']:,.0f} images" + ("" if c["extrapolation"] else " (fit only)")
+                crossing = "-" if c is None else f"{c['size']:.3g} images" + ("" if c["extrapolation"] else " (fit only)")
+                if c is not None and b["slope_97.5"] >= 0:
+                    crossing += "; the slope's 95% interval includes 0"
             lines.append(f"| {model} | " + " | ".join(cells.get(n, "-") for n in sizes) + f" | {slope} | {crossing} |")
     return "\n".join(lines).strip()
 
