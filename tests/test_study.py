@@ -100,7 +100,7 @@ def test_a_study_writes_one_run_directory_per_model_size_and_seed_and_its_result
     out, result = reference
     models = {"vit": "vit_test_patch4_16", "resnet": "resnetv2_test_16"}
     assert [(r["size"], r["seed"], r["family"]) for r in result["runs"]] == [
-        (40, 0, "vit"), (40, 0, "resnet"), (80, 0, "vit"), (80, 0, "resnet")]  # fmt: skip
+        (80, 0, "vit"), (80, 0, "resnet"), (40, 0, "vit"), (40, 0, "resnet")]  # fmt: skip
     for r in result["runs"]:
         run = Path(r["run_dir"])
         assert r["model"] == models[r["family"]] and run == out / r["model"] / f"n{r['size']}" / f"seed{r['seed']}"
@@ -141,7 +141,7 @@ def test_an_interrupted_study_reports_its_finished_runs_then_resumes_and_ends_wi
     partial = json.loads((tmp_path / "study.json").read_text())  # written as each run finished
     assert partial["complete"] is False and [r["model"] for r in partial["runs"]] == ["vit_test_patch4_16"]
     assert study.collect(tmp_path)["runs"] == partial["runs"] and (tmp_path / "accuracy_vs_size.png").is_file()
-    first = tmp_path / "vit_test_patch4_16" / "n40" / "seed0"
+    first = tmp_path / "vit_test_patch4_16" / "n80" / "seed0"
     finished_at = (first / "result.json").stat().st_mtime_ns
 
     configs = []
@@ -149,8 +149,8 @@ def test_an_interrupted_study_reports_its_finished_runs_then_resumes_and_ends_wi
     monkeypatch.setattr(study, "fit", lambda cfg: configs.append(cfg) or real_fit(cfg))
     result = study.data_scale(**STUDY, out=tmp_path)
     assert [(c.model, Path(c.out).parent.name, Path(c.out).name, c.resume) for c in configs] == [
-        ("resnetv2_test_16", "n40", "seed0", True), ("vit_test_patch4_16", "n80", "seed0", False),
-        ("resnetv2_test_16", "n80", "seed0", False)]  # fmt: skip
+        ("resnetv2_test_16", "n80", "seed0", True), ("vit_test_patch4_16", "n40", "seed0", False),
+        ("resnetv2_test_16", "n40", "seed0", False)]  # fmt: skip
     assert (first / "result.json").stat().st_mtime_ns == finished_at
     assert without_dirs(result["runs"]) == without_dirs(reference[1]["runs"])
 
@@ -174,14 +174,14 @@ def test_a_study_killed_by_sigkill_mid_run_continues_and_ends_with_the_same_resu
     command = [sys.executable, "-c", runner, *CLI, "--out", str(tmp_path), "--json"]
     killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    second = tmp_path / "resnetv2_test_16" / "n40" / "seed0"
+    second = tmp_path / "resnetv2_test_16" / "n80" / "seed0"
     assert not (second / "result.json").exists() and any((second / "checkpoints").iterdir())
-    finished_at = (tmp_path / "vit_test_patch4_16" / "n40" / "seed0" / "result.json").stat().st_mtime_ns
+    finished_at = (tmp_path / "vit_test_patch4_16" / "n80" / "seed0" / "result.json").stat().st_mtime_ns
     again = subprocess.run([sys.executable, "-m", "vitkit", *CLI, "--out", str(tmp_path), "--json"],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" in again.stderr and f"{second}" in again.stderr
-    assert (tmp_path / "vit_test_patch4_16" / "n40" / "seed0" / "result.json").stat().st_mtime_ns == finished_at
+    assert (tmp_path / "vit_test_patch4_16" / "n80" / "seed0" / "result.json").stat().st_mtime_ns == finished_at
     assert without_dirs(json.loads(again.stdout)["runs"]) == without_dirs(reference[1]["runs"])
 
 
@@ -340,9 +340,9 @@ def test_a_recipes_file_sets_each_familys_recipe_and_the_study_sets_its_length(t
         study.read_recipes(path)
 
 
-def test_seed_zero_runs_at_every_size_before_the_further_seeds():
+def test_seed_zero_runs_at_every_size_largest_first_before_the_further_seeds():
     plan = study.Plan("digits", [40, 80, 160], {"a": "vit"}, 10, [3, 2, 1], 0.1, "fp32", {}, 2)
-    assert [(n, s) for _, n, s in plan.runs()] == [(40, 0), (80, 0), (160, 0), (40, 1), (80, 1), (40, 2)]
+    assert [(n, s) for _, n, s in plan.runs()] == [(160, 0), (80, 0), (40, 0), (80, 1), (40, 1), (40, 2)]
 
 
 # ---- the gap analysis (vitkit.study_analysis) ---------------------------------------------------------

@@ -160,10 +160,11 @@ class Plan:
         return json.loads(json.dumps(doc))  # tuples -> lists, as read back
 
     def runs(self) -> list[tuple[str, int, int]]:
-        """(model, size, seed) of every run: seed 0 at every size first (smallest first), then the further
-        seeds, so a study cut short leaves whole comparisons and every size."""
-        return [(m, n, s) for s in range(max(self.seeds)) for n, k in zip(self.sizes, self.seeds) if s < k
-                for m in self.models]  # fmt: skip
+        """(model, size, seed) of every run: seed 0 at every size first, then the further seeds, each seed's
+        largest size first, so a study cut short by a time limit leaves whole comparisons, every size, and
+        the largest (the dearest, and the one the question turns on) before all."""
+        by_size = sorted(zip(self.sizes, self.seeds), reverse=True)
+        return [(m, n, s) for s in range(max(self.seeds)) for n, k in by_size if s < k for m in self.models]
 
 
 def _check(plan: Plan, data: DataSource) -> None:
