@@ -93,7 +93,7 @@ def fill_block(path: Path, name: str, text: str) -> bool:
     return True
 
 
-def markdown(result: dict[str, Any], figures: str | None = None) -> str:
+def markdown(result: dict[str, Any], figures: str | None = None, prefix: str = "gpu_") -> str:
     """The GPU study's tables, as the docs show them, and with `figures` (their folder, relative to the page)
     the two figures."""
     s = result["study"]
@@ -107,8 +107,8 @@ def markdown(result: dict[str, Any], figures: str | None = None) -> str:
     return "\n\n".join([head, f"Recipes ({tuned.get('grid_points_done', 0)} of {tuned.get('grid_points', 6)} grid "
                                f"points done for every family): {recipes or 'untuned'}",
                         format_by_size(result["summary"]), format_analysis(result["analysis"] or {"gaps": {}}),
-                        *([f"![GPU study: accuracy against training-set size]({figures}/gpu_{FIGURES[0]})",
-                           f"![GPU study: accuracy against training FLOPs]({figures}/gpu_{FIGURES[1]})"] if figures else [])])  # fmt: skip
+                        *([f"![GPU study: accuracy against training-set size]({figures}/{prefix}{FIGURES[0]})",
+                           f"![GPU study: accuracy against training FLOPs]({figures}/{prefix}{FIGURES[1]})"] if figures else [])])  # fmt: skip
 
 
 def report(args: argparse.Namespace, out: Path, steps: dict[str, Any], started: float) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def report(args: argparse.Namespace, out: Path, steps: dict[str, Any], started: 
     machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
     result.update(tuning=read("tune_recipes.json"), tuning_winners=read("recipes.json"), steps=steps,
                   train_seconds_per_run={k: round(v, 1) for k, v in seconds.items()}, machine=machine,
-                  wall_minutes=(time.time() - started) / 60,
+                  wall_minutes=(sum(s["wall_s"] for s in steps.values()) + time.time() - started) / 60,
                   command=" ".join(["python", "benchmarks/data_scale_gpu.py", *sys.argv[1:]]))  # fmt: skip
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(args.result), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
@@ -129,10 +129,10 @@ def report(args: argparse.Namespace, out: Path, steps: dict[str, Any], started: 
     figures.mkdir(parents=True, exist_ok=True)
     for name in FIGURES:
         if (study_dir / name).is_file():
-            shutil.copyfile(study_dir / name, figures / f"gpu_{name}")
+            shutil.copyfile(study_dir / name, figures / f"{args.figure_prefix}{name}")
     text = markdown(result)
     if args.fill_docs:
-        filled = [str(p) for p, folder in DOCS.items() if fill_block(p, BLOCK, markdown(result, folder))]
+        filled = [str(p) for p, folder in DOCS.items() if fill_block(p, BLOCK, markdown(result, folder, args.figure_prefix))]
         print(f"filled the {', '.join(filled) or 'no'} GPU blocks", file=sys.stderr)
     print(text)
     return result
@@ -156,29 +156,36 @@ def main() -> None:
     parser.add_argument("--tune-sizes", type=_ints, default=[10000])
     parser.add_argument("--tune-images", type=int, default=100_000, help="images seen per grid probe")
     parser.add_argument("--tune-evaluations", type=int, default=10)
-    parser.add_argument("--tune-seconds", type=int, default=100)
-    parser.add_argument("--study-seconds", type=int, default=280)
+    parser.add_argument("--tune-seconds", type=int, default=95)
+    parser.add_argument("--study-seconds", type=int, default=270)
+    parser.add_argument("--skip-tune", action="store_true", help="use DIR/recipes.json as it is (copy one in)")
     parser.add_argument("--result", default=str(RESULT))
     parser.add_argument("--figures", default=str(ROOT / "docs" / "study"))
+    parser.add_argument("--figure-prefix", default="gpu_", help="docs/study/PREFIXaccuracy_vs_{size,flops}.png")
     parser.add_argument("--fill-docs", action="store_true", help="write the tables into docs/study.md and README.md")
     args = parser.parse_args()
 
-    out, started = Path(args.out), time.time()
+    out = Path(args.out)
     if args.transfer and args.step in ("all", "study"):
         try:  # a transfer set that cannot be read fails here, before any GPU time
             transfer_task(args.transfer, [])
         except ValueError as e:
-            sys.exit(f"data_scale_gpu: error: {e}")
+            print(f"data_scale_gpu: error: {e}", file=sys.stderr)
+            sys.exit(2)
     out.mkdir(parents=True, exist_ok=True)
     steps_file = out / "steps.json"
     steps = json.loads(steps_file.read_text()) if steps_file.is_file() else {}
     for name, step in (("tune", tune), ("study", study)):
-        if args.step in ("all", name):
+        if args.step == name or (args.step == "all" and not (name == "tune" and args.skip_tune)):
             steps[name] = step(args, out)
             print(f"{name}: {steps[name]}", file=sys.stderr, flush=True)
             atomic_write(steps_file, lambda tmp: Path(tmp).write_text(json.dumps(steps, indent=1)))
     if args.step in ("all", "report"):
-        report(args, out, steps, started)
+        try:
+            report(args, out, steps, time.time())
+        except ValueError as e:  # the study step wrote nothing (cut before its first run's manifest)
+            print(f"data_scale_gpu: error: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ def _write_results(out: Path, study: dict[str, Any], figures: bool = True) -> No
 
     atomic_write(out / "study.csv", write_csv)
     if figures and study["runs"]:
-        plot_accuracy_vs_size(study["summary"], out / FIGURES[0])
+        plot_accuracy_vs_size(study["summary"], out / FIGURES[0], study["study"].get("transfer"))
         plot_accuracy_vs_flops(study["summary"], out / FIGURES[1])
     text = json.dumps(study, indent=1)
     atomic_write(out / STUDY, lambda tmp: Path(tmp).write_text(text))

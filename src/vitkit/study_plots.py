@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from .study_analysis import METRICS
 
 
-def plot_accuracy_vs_size(summary: list[dict[str, Any]], path: Path) -> Path:
+def plot_accuracy_vs_size(summary: list[dict[str, Any]], path: Path, transfer: str | None = None) -> Path:
     """Test top-1, 10-shot and (when measured) transfer 10-shot accuracy against training-set size (log x), mean ±
     std over seeds, a panel each (Figs. 3/4)."""
     keys = [k for k in METRICS if k == "top1" or any(r.get(k) is not None for r in summary)]
@@ -32,7 +32,7 @@ def plot_accuracy_vs_size(summary: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xticks([], minor=True)
         ax.set_xlabel("training images")
         ax.set_ylabel("accuracy")
-        ax.set_title(METRICS[key])
+        ax.set_title(f"{METRICS[key]} ({transfer})" if key == "transfer_10" and transfer else METRICS[key])
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.savefig(path, dpi=100)
