@@ -81,6 +81,29 @@ def study(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return _timed(command, args.study_seconds)
 
 
+def plan(args: argparse.Namespace) -> str:
+    """The expected seconds of each step from bare training speeds (images/s per family) times an efficiency,
+    and a fixed cost per run; an upper bound for the study (every run to the end of its budget)."""
+    rates = {k: float(v) * args.efficiency for k, v in (kv.split("=") for kv in args.rates.split(","))}
+    models = resolve_models(args.data, args.models.split(","))
+    missing = sorted({f for m, f in models.items() if m.split("_")[0] not in rates and f not in rates})
+    rate = {m: rates.get(f) for m, f in models.items()}
+    if missing or None in rate.values():
+        return f"no speed given for {', '.join(missing) or [m for m, r in rate.items() if r is None]}: pass --rates"
+    per_point = sum(args.tune_images / r + args.run_overhead for r in rate.values()) * len(args.tune_sizes)
+    budget = args.epochs_of_largest * max(args.sizes)
+    per_size_seed = sum(budget / r + args.run_overhead for r in rate.values())
+    lines = [f"tune: {per_point:.0f} s a grid point (all families), {6 * per_point:.0f} s for 6; limit {args.tune_seconds} s"]
+    elapsed = 0.0
+    for seed in range(max(args.seeds)):
+        for n, k in sorted(zip(args.sizes, args.seeds), reverse=True):
+            if seed < k:
+                elapsed += per_size_seed
+                lines.append(f"study seed {seed} size {n:,}: done by {elapsed:.0f} s at the latest (no early stop)")
+    lines.append(f"study limit {args.study_seconds} s; the runs past it are cut, those before it reported")
+    return "\n".join(lines)
+
+
 def fill_block(path: Path, name: str, text: str) -> bool:
     """Replace what lies between <!-- NAME:begin --> and <!-- NAME:end --> in `path`; False if it has no block."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -163,7 +186,16 @@ def main() -> None:
     parser.add_argument("--figures", default=str(ROOT / "docs" / "study"))
     parser.add_argument("--figure-prefix", default="gpu_", help="docs/study/PREFIXaccuracy_vs_{size,flops}.png")
     parser.add_argument("--fill-docs", action="store_true", help="write the tables into docs/study.md and README.md")
+    parser.add_argument("--plan", action="store_true", help="print the expected time of each step and stop")
+    parser.add_argument("--rates", default="vit=85000,resnet=52000,hybrid=65000",
+                        help="bare training images/s per family (H200, bf16, batch 1024, issue 26's figures)")
+    parser.add_argument("--efficiency", type=float, default=0.6, help="end-to-end share of the bare rate")
+    parser.add_argument("--run-overhead", type=float, default=4.0, help="seconds per run besides training")
     args = parser.parse_args()
+
+    if args.plan:
+        print(plan(args))
+        return
 
     out = Path(args.out)
     if args.transfer and args.step in ("all", "study"):
