@@ -12,7 +12,6 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
 
 # the accuracies a study records for every run, and their labels
 METRICS = {"top1": "test top-1", "fewshot_10": "10-shot linear", "transfer_10": "transfer 10-shot"}
@@ -46,22 +45,25 @@ def gap_trend(gaps: dict[int, list[float]], resamples: int = BOOTSTRAP, seed: in
         return None
     x = np.log10(np.array(sizes, dtype=np.float64))
     means = np.array([np.mean(gaps[n]) for n in sizes])
-    fit = stats.linregress(x, means)
+    dx = x - x.mean()
+    slope = float(dx @ means / (dx @ dx))
+    intercept = float(means.mean() - slope * x.mean())
+    residuals = means - (intercept + slope * x)
+    # the ordinary least-squares standard error of the slope (scipy.stats.linregress's stderr)
+    slope_se = float(np.sqrt(residuals @ residuals / (len(sizes) - 2) / (dx @ dx))) if len(sizes) > 2 else None
     rng = np.random.default_rng(seed)
     # (resamples, sizes): each size's mean over its seeds drawn with replacement
     boot = np.stack([rng.choice(np.array(gaps[n]), size=(resamples, len(gaps[n]))).mean(axis=1) for n in sizes], axis=1)
-    dx = x - x.mean()
     slopes = (boot - boot.mean(axis=1, keepdims=True)) @ dx / (dx @ dx)
     lo, hi = np.percentile(slopes, [2.5, 97.5])
     trend: dict[str, Any] = {
-        "slope_per_decade": float(fit.slope), "intercept": float(fit.intercept),
-        "slope_se": float(fit.stderr) if len(sizes) > 2 else None,
+        "slope_per_decade": slope, "intercept": intercept, "slope_se": slope_se,
         "bootstrap": {"resamples": resamples, "slope_2.5": float(lo), "slope_97.5": float(hi),
                       "share_shrinking": float(np.mean(slopes < 0))},
         "crossing": None,
     }  # fmt: skip
-    if means[-1] > 0 and fit.slope < 0:
-        size = float(10 ** (-fit.intercept / fit.slope))
+    if means[-1] > 0 and slope < 0:
+        size = float(10 ** (-intercept / slope))
         beyond = size > sizes[-1]
         where = (f"beyond the largest measured size {sizes[-1]:,}: an extrapolation of a {len(sizes)}-point fit" if beyond
                  else "within the measured sizes, though the gap measured at the largest is still positive")  # fmt: skip
