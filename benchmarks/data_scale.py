@@ -1,8 +1,9 @@
 """The data-scale study on Fashion-MNIST: ViT, BiT ResNet and hybrid on 1k to 60k training images.
 
 Runs `vitkit.study.data_scale` (`vitkit study data-scale`) with the plan below, writes
-benchmarks/results/data_scale.json (the study's runs and summary, the gap per size, timings), copies the
-two figures to docs/study/ and prints a table.
+benchmarks/results/data_scale.json (the study's runs and summary, the gaps to the ViT per size and their
+trend against log size (vitkit.study_analysis), timings), copies the two figures to docs/study/ and prints
+the tables. The GPU study at a fair budget is benchmarks/data_scale_gpu.py.
 
 The plan: 3 models x (3 + 3 + 1 + 1 + 1) = 27 runs of 102,400 images each (800 steps of 128; 114 passes
 over the 900 training images of the 1k subset, 1.9 over the 54,000 of 60k), bf16 autocast, 10% of each
@@ -12,6 +13,7 @@ of the study's own code and prints the predicted time of the plan instead; size 
 
     python benchmarks/data_scale.py --estimate      # about 2 minutes
     python benchmarks/data_scale.py                 # about 1.5 hours
+    python benchmarks/data_scale.py --analyse       # the gaps' trend, from benchmarks/results/data_scale.json
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vitkit.study import data_scale  # noqa: E402
+from vitkit.study import data_scale, reference_vit  # noqa: E402
+from vitkit.study_analysis import analyse, format_analysis, format_by_size  # noqa: E402
 from vitkit.train.runlog import read_metrics  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,29 +72,6 @@ def predicted_minutes(args: argparse.Namespace, speeds: dict[str, dict[str, floa
     return seconds / 60
 
 
-def gaps(summary: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
-    """For each size, every family's mean minus the ViT's (positive: the family is ahead of the ViT)."""
-    out: dict[str, dict[str, float]] = {}
-    for size in sorted({r["size"] for r in summary}):
-        rows = {r["family"]: r for r in summary if r["size"] == size and r[key] is not None}
-        if "vit" in rows:
-            out[str(size)] = {f: rows[f][key] - rows["vit"][key] for f in rows if f != "vit"}
-    return out
-
-
-def table(summary: list[dict[str, Any]]) -> str:
-    models = list(dict.fromkeys(r["model"] for r in summary))
-    sizes = sorted({r["size"] for r in summary})
-    cell = {(r["model"], r["size"]): r for r in summary}
-    lines = ["| model | " + " | ".join(f"{n:,}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
-    for key, label in (("top1", "test top-1"), ("fewshot_10", "10-shot")):
-        for m in models:
-            values = [cell[m, n] for n in sizes]
-            lines.append(f"| {m} ({label}) | " + " | ".join(
-                "-" if r[key] is None else f"{r[key]:.2%} ± {r[f'{key}_std']:.2%} ({r['seeds']})" for r in values) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_ints, default=[1000, 3000, 10000, 30000, 60000])
@@ -106,7 +85,13 @@ def main() -> None:
     parser.add_argument("--result", default=str(RESULTS / "data_scale.json"))
     parser.add_argument("--figures", default=str(FIGURES))
     parser.add_argument("--estimate", action="store_true", help="measure speeds, print the plan's predicted time")
+    parser.add_argument("--analyse", action="store_true", help="print the gap analysis of --result's runs, no training")
     args = parser.parse_args()
+
+    if args.analyse:
+        runs = json.loads(Path(args.result).read_text())["runs"]
+        print(format_analysis(analyse(runs, reference_vit("fashion_mnist", {r["model"]: r["family"] for r in runs}))))
+        return
 
     if args.estimate:
         speeds = probe(args)
@@ -126,7 +111,6 @@ def main() -> None:
     train_seconds = {r["run_dir"]: read_metrics(Path(r["run_dir"]) / "metrics.jsonl")[-1]["time_s"] for r in study["runs"]}
     result = {
         **study,
-        "gap_top1": gaps(study["summary"], "top1"), "gap_fewshot_10": gaps(study["summary"], "fewshot_10"),
         "train_minutes_per_run": {k: round(v / 60, 2) for k, v in train_seconds.items()},
         "wall_minutes": (time.time() - started) / 60,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -134,9 +118,8 @@ def main() -> None:
     }  # fmt: skip
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(result, indent=1) + "\n")
-    print(table(study["summary"]))
-    print("gap to the ViT, test top-1 (points):", {n: {f: round(100 * g, 2) for f, g in d.items()}
-                                                   for n, d in result["gap_top1"].items()})  # fmt: skip
+    print(format_by_size(study["summary"]))
+    print(format_analysis(study["analysis"]))
     print(f"{result['wall_minutes']:.0f} minutes; {args.result}; figures in {figures}")
 
 

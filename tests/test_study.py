@@ -19,6 +19,7 @@ from vitkit.cli import main
 from vitkit.data.subsets import balanced_order, nested_subset, subset_indices
 from vitkit.evaluate.fewshot import representations
 from vitkit.flops import step_flops
+from vitkit.train.runlog import read_metrics
 
 # Four tiny runs on scikit-learn's digits (1,437 training images, 10 classes), a ViT and a ResNet at each size
 # and seed: 6 steps of 10 images each,
@@ -99,7 +100,7 @@ def test_a_study_writes_one_run_directory_per_model_size_and_seed_and_its_result
     out, result = reference
     models = {"vit": "vit_test_patch4_16", "resnet": "resnetv2_test_16"}
     assert [(r["size"], r["seed"], r["family"]) for r in result["runs"]] == [
-        (40, 0, "vit"), (40, 0, "resnet"), (80, 0, "vit"), (80, 0, "resnet")]  # fmt: skip
+        (80, 0, "vit"), (80, 0, "resnet"), (40, 0, "vit"), (40, 0, "resnet")]  # fmt: skip
     for r in result["runs"]:
         run = Path(r["run_dir"])
         assert r["model"] == models[r["family"]] and run == out / r["model"] / f"n{r['size']}" / f"seed{r['seed']}"
@@ -122,7 +123,7 @@ def test_the_summary_is_the_mean_and_population_std_over_seeds():
     assert row["fewshot_10"] == pytest.approx(0.3) and row["fewshot_10_std"] == pytest.approx(0.1)
 
 
-def test_an_interrupted_study_skips_finished_runs_resumes_the_cut_one_and_ends_with_the_same_result(
+def test_an_interrupted_study_reports_its_finished_runs_then_resumes_and_ends_with_the_same_result(
     reference, tmp_path, monkeypatch
 ):
     real, steps = loop.train_step, []
@@ -137,7 +138,10 @@ def test_an_interrupted_study_skips_finished_runs_resumes_the_cut_one_and_ends_w
     with pytest.raises(KeyboardInterrupt):
         study.data_scale(**STUDY, out=tmp_path)
     monkeypatch.setattr(loop, "train_step", real)
-    first = tmp_path / "vit_test_patch4_16" / "n40" / "seed0"
+    partial = json.loads((tmp_path / "study.json").read_text())  # written as each run finished
+    assert partial["complete"] is False and [r["model"] for r in partial["runs"]] == ["vit_test_patch4_16"]
+    assert study.collect(tmp_path)["runs"] == partial["runs"] and (tmp_path / "accuracy_vs_size.png").is_file()
+    first = tmp_path / "vit_test_patch4_16" / "n80" / "seed0"
     finished_at = (first / "result.json").stat().st_mtime_ns
 
     configs = []
@@ -145,8 +149,8 @@ def test_an_interrupted_study_skips_finished_runs_resumes_the_cut_one_and_ends_w
     monkeypatch.setattr(study, "fit", lambda cfg: configs.append(cfg) or real_fit(cfg))
     result = study.data_scale(**STUDY, out=tmp_path)
     assert [(c.model, Path(c.out).parent.name, Path(c.out).name, c.resume) for c in configs] == [
-        ("resnetv2_test_16", "n40", "seed0", True), ("vit_test_patch4_16", "n80", "seed0", False),
-        ("resnetv2_test_16", "n80", "seed0", False)]  # fmt: skip
+        ("resnetv2_test_16", "n80", "seed0", True), ("vit_test_patch4_16", "n40", "seed0", False),
+        ("resnetv2_test_16", "n40", "seed0", False)]  # fmt: skip
     assert (first / "result.json").stat().st_mtime_ns == finished_at
     assert without_dirs(result["runs"]) == without_dirs(reference[1]["runs"])
 
@@ -170,14 +174,14 @@ def test_a_study_killed_by_sigkill_mid_run_continues_and_ends_with_the_same_resu
     command = [sys.executable, "-c", runner, *CLI, "--out", str(tmp_path), "--json"]
     killed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    second = tmp_path / "resnetv2_test_16" / "n40" / "seed0"
+    second = tmp_path / "resnetv2_test_16" / "n80" / "seed0"
     assert not (second / "result.json").exists() and any((second / "checkpoints").iterdir())
-    finished_at = (tmp_path / "vit_test_patch4_16" / "n40" / "seed0" / "result.json").stat().st_mtime_ns
+    finished_at = (tmp_path / "vit_test_patch4_16" / "n80" / "seed0" / "result.json").stat().st_mtime_ns
     again = subprocess.run([sys.executable, "-m", "vitkit", *CLI, "--out", str(tmp_path), "--json"],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" in again.stderr and f"{second}" in again.stderr
-    assert (tmp_path / "vit_test_patch4_16" / "n40" / "seed0" / "result.json").stat().st_mtime_ns == finished_at
+    assert (tmp_path / "vit_test_patch4_16" / "n80" / "seed0" / "result.json").stat().st_mtime_ns == finished_at
     assert without_dirs(json.loads(again.stdout)["runs"]) == without_dirs(reference[1]["runs"])
 
 
@@ -238,3 +242,152 @@ def test_a_directory_that_holds_another_study_is_refused(reference, capsys, monk
     assert main([*args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{out} holds a different study (sizes is [40, 80] there, [40, 120] now)" in err and "\n" not in err
+
+
+# ---- the fair budget, early stopping, transfer, recipes files (issue 26) ------------------------------
+
+
+def test_epochs_of_largest_sets_every_runs_budget_to_passes_over_the_largest_size(reference, tmp_path):
+    """0.75 passes over the largest size (80) is the reference's budget of 60 images: the same runs."""
+    fair = study.data_scale(**{**STUDY, "images_seen": None}, epochs_of_largest=0.75, out=tmp_path)
+    assert fair["study"]["images_seen"] == 60 and fair["study"]["epochs_of_largest"] == 0.75
+    assert without_dirs(fair["runs"]) == without_dirs(reference[1]["runs"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--epochs-of-largest", "2"], "give the budget one way: --images-seen N or --epochs-of-largest E, not both"),
+    (["--images-seen", None], "no budget given: --images-seen N or --epochs-of-largest E"),
+    (["--transfer", "nosuch"], "--transfer nosuch cannot be read: unknown dataset"),
+    (["--transfer", "imagefolder:/nonexistent/dir"], "--transfer imagefolder:/nonexistent/dir cannot be read"),
+    (["--patience", "2", "--holdout", "0"], "patience counts held-out evaluations"),
+    (["--recipes", "/nonexistent.json"], "recipes file /nonexistent.json"),
+])  # fmt: skip
+def test_a_bad_budget_transfer_set_or_recipes_file_is_a_one_line_error_before_training(
+    change, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(study, "fit", lambda cfg: pytest.fail("trained despite bad input"))
+    args = [*CLI, "--out", str(tmp_path / "new")]
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in args:
+            i = args.index(flag)
+            args[i:i + 2] = [] if value is None else [flag, value]
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitkit study: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_transfer_set_whose_images_cannot_be_fed_to_a_model_is_refused_before_training(tmp_path, monkeypatch):
+    """Two-channel input: digits' grayscale images cannot be turned into it (vitkit.data.transforms.match_channels)."""
+    monkeypatch.setitem(vitkit.models.registry.MODELS, "vit_test2ch_patch4_16",
+                        {**vitkit.models.registry.MODELS["vit_test_patch4_16"], "in_chans": 2})  # fmt: skip
+    monkeypatch.setattr(study, "fit", lambda cfg: pytest.fail("trained despite bad input"))
+    with pytest.raises(ValueError, match=r"--transfer digits: its images cannot be resized to vit_test2ch_patch4_16's "
+                                         r"input \(2x16x16\): cannot feed 1-channel images"):  # fmt: skip
+        study.data_scale(**{**STUDY, "models": ["vit_test2ch_patch4_16"]}, transfer="digits", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_transfer_column_is_a_10_shot_regression_on_the_same_frozen_features(tmp_path):
+    """Each run's transfer_10 equals vitkit.evaluate.fewshot on the chosen weights' pre-logits features of the
+    transfer set's pool (50 a class, seed 0) and test split; it is a column of study.csv and a panel."""
+    from vitkit.data import load_data
+    from vitkit.data.subsets import split_subset
+    from vitkit.evaluate import eval_loader
+    from vitkit.evaluate.fewshot import extract_features, fewshot
+
+    result = study.data_scale(**{**STUDY, "sizes": [40], "models": ["vit"]}, transfer="digits", out=tmp_path)
+    [run] = result["runs"]
+    digits = load_data("digits")
+    pool, _ = split_subset(digits.train, 10, 500, 0.0, seed=0)
+    model = vitkit.load(Path(run["run_dir"]) / "best.safetensors").eval()
+    support = extract_features(model, eval_loader(pool, model.config.data_config, digits.channels))
+    test = extract_features(model, eval_loader(digits.test, model.config.data_config, digits.channels))
+    direct = fewshot(*support, *test, shots=(10,), seeds=3, num_classes=10).mean[0]
+    assert run["transfer_10"] == direct and 0 < direct <= 1
+    assert result["summary"][0]["transfer_10"] == direct
+    header = (tmp_path / "study.csv").read_text().splitlines()[0].split(",")
+    assert "transfer_10" in header
+    from matplotlib.image import imread
+    assert imread(tmp_path / "accuracy_vs_size.png").shape[1] == 1500  # three 5-inch panels at 100 dpi
+
+
+def test_patience_ends_a_run_at_the_first_evaluation_without_a_better_held_out_score(tmp_path):
+    """Patience 1, an evaluation every step: the held-out top-1 rose at every evaluation but the last, where
+    the run stopped, short of its budget; its steps and FLOPs are those it trained."""
+    result = study.data_scale(**{**STUDY, "sizes": [40], "models": ["vit"], "images_seen": 200, "evaluations": 20},
+                              patience=1, out=tmp_path)  # fmt: skip
+    [run] = result["runs"]
+    evals = [r["eval_top1"] for r in read_metrics(Path(run["run_dir"]) / "metrics.jsonl") if "eval_top1" in r]
+    assert run["steps"] == len(evals) < run["budget_steps"] == 20
+    assert all(b > a for a, b in zip(evals[:-2], evals[1:-1])) and evals[-1] <= max(evals[:-1])
+    assert run["train_flops"] == step_flops(vitkit.load(Path(run["run_dir"]) / "best.safetensors").config, "train") \
+        * run["steps"] * 10
+
+
+def test_a_recipes_file_sets_each_familys_recipe_and_the_study_sets_its_length(tmp_path):
+    path = tmp_path / "recipes.json"
+    path.write_text(json.dumps({"recipes": {"vit": {"recipe": "small-data-vit-gpu", "overrides": {"lr": 0.01}}}}))
+    plan = study.Plan("digits", [40], {"vit_test_patch4_16": "vit", "resnetv2_test_16": "resnet"}, 4096, [1], 0.1,
+                      "fp32", {}, 2, family_recipes=study.read_recipes(path))  # fmt: skip
+    vit, resnet = plan.recipe("vit_test_patch4_16"), plan.recipe("resnetv2_test_16")
+    assert (vit.lr, vit.batch_size, vit.steps, plan.recipe_name("vit_test_patch4_16")) == (0.01, 1024, 4, "small-data-vit-gpu")
+    assert (resnet.batch_size, plan.recipe_name("resnetv2_test_16")) == (128, "small-data-resnet")
+    path.write_text(json.dumps({"recipes": {"cnn": {"recipe": "small-data-vit"}}}))
+    with pytest.raises(ValueError, match="unknown family 'cnn'"):
+        study.read_recipes(path)
+
+
+def test_seed_zero_runs_at_every_size_largest_first_before_the_further_seeds():
+    plan = study.Plan("digits", [40, 80, 160], {"a": "vit"}, 10, [3, 2, 1], 0.1, "fp32", {}, 2)
+    assert [(n, s) for _, n, s in plan.runs()] == [(160, 0), (80, 0), (40, 0), (80, 1), (40, 1), (40, 2)]
+
+
+# ---- the gap analysis (vitkit.study_analysis) ---------------------------------------------------------
+
+
+def _runs(gaps: dict[int, list[float]]) -> list[dict]:
+    """A ViT at 0.5 and a ResNet at 0.5 + gap, per size and seed."""
+    runs = []
+    for size, per_seed in gaps.items():
+        for seed, gap in enumerate(per_seed):
+            runs += [{"model": "vit", "size": size, "seed": seed, "top1": 0.5},
+                     {"model": "resnet", "size": size, "seed": seed, "top1": 0.5 + gap}]  # fmt: skip
+    return runs
+
+
+def test_a_gap_that_shrinks_by_two_points_a_decade_meets_zero_at_a_million_images():
+    from vitkit.study_analysis import analyse
+
+    result = analyse(_runs({1000: [0.06, 0.06], 10_000: [0.04, 0.04], 100_000: [0.02]}), "vit", ["top1"])
+    resnet = result["gaps"]["top1"]["resnet"]
+    assert [(r["size"], r["seeds"]) for r in resnet["per_size"]] == [(1000, 2), (10_000, 2), (100_000, 1)]
+    assert resnet["per_size"][0]["mean"] == pytest.approx(0.06) and resnet["per_size"][0]["std"] == pytest.approx(0)
+    trend = resnet["trend"]
+    assert trend["slope_per_decade"] == pytest.approx(-0.02) and trend["intercept"] == pytest.approx(0.12)
+    assert trend["slope_se"] == pytest.approx(0, abs=1e-12) and trend["bootstrap"]["share_shrinking"] == 1
+    assert trend["crossing"]["size"] == pytest.approx(1e6) and trend["crossing"]["extrapolation"] is True
+
+
+def test_the_gaps_spread_over_seeds_is_paired_by_seed_and_bounds_the_slope():
+    """At 1k the seeds' gaps are 0.02 and 0.08 (std 0.03); resampling them moves the fitted slope, which is
+    +0.01 a decade from the means (0.05 at 1k, 0.06 at 10k): a growing gap, so no crossing."""
+    from vitkit.study_analysis import analyse, paired_gaps
+
+    runs = _runs({1000: [0.02, 0.08], 10_000: [0.06]}) + [{"model": "vit", "size": 10_000, "seed": 1, "top1": 0.9}]
+    assert paired_gaps(runs, "top1", "resnet", "vit") == {1000: pytest.approx([0.02, 0.08]), 10_000: pytest.approx([0.06])}
+    trend = analyse(runs, "vit", ["top1"])["gaps"]["top1"]["resnet"]["trend"]
+    assert trend["slope_per_decade"] == pytest.approx(0.01) and trend["slope_se"] is None  # two sizes: no residuals
+    b = trend["bootstrap"]
+    assert b["slope_2.5"] == pytest.approx(-0.02) and b["slope_97.5"] == pytest.approx(0.04) and trend["crossing"] is None
+
+
+def test_a_subset_smaller_than_a_batch_repeats_within_an_epoch(tmp_path):
+    """30 training images, batch 64: each epoch passes over them 3 times (90 images), so a GPU batch trains on 1k."""
+    result = study.data_scale(**{**STUDY, "sizes": [40], "models": ["vit"], "images_seen": 128,
+                                 "recipe_overrides": {"batch_size": 64}}, out=tmp_path)  # fmt: skip
+    [run] = result["runs"]
+    derived = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())["derived"]
+    assert (derived["train_images"], derived["steps_per_epoch"], run["steps"]) == (90, 1, 2)

@@ -205,7 +205,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .study import data_scale, format_summary
+    from .study import data_scale, format_summary, read_recipes
     from .train import Interrupted
 
     seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
@@ -213,7 +213,8 @@ def _study(args: argparse.Namespace) -> int:
         study = data_scale(
             args.data, args.sizes, args.models.split(","), args.images_seen, seeds, args.out, args.holdout,
             args.precision, _given(args, args.recipe_fields), args.data_root, args.device, args.workers, args.progress,
-            args.evaluations,
+            args.evaluations, args.epochs_of_largest, args.patience, args.transfer,
+            read_recipes(args.recipes) if args.recipes else None,
         )  # fmt: skip
     except Interrupted as e:
         print(f"vitkit study: {e}; run the same command again to continue the study", file=sys.stderr)
@@ -233,7 +234,13 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--sizes", required=True, type=_int_list, help="training-set sizes, e.g. 1000,3000,10000")
     d.add_argument("--models", default="vit,resnet,hybrid", help="families (vit, resnet, hybrid: the dataset's "
                                                                  "default model of each) or registered names")  # fmt: skip
-    d.add_argument("--images-seen", required=True, type=int, help="training budget of every run, in images")
+    d.add_argument("--images-seen", type=int, help="training budget of every run, in images")
+    d.add_argument("--epochs-of-largest", type=float, help="instead of --images-seen: a budget of E passes over the "
+                                                           "largest size, for every run")  # fmt: skip
+    d.add_argument("--patience", type=int, help="stop a run after N held-out evaluations without a better one")
+    d.add_argument("--transfer", help="also score every run by 10-shot linear regression on this dataset's frozen "
+                                      "features (e.g. mnist5k), resized to the model's input")  # fmt: skip
+    d.add_argument("--recipes", help="a JSON file of per-family recipes (benchmarks/tune_recipes.py --recipes-out)")
     d.add_argument("--seeds", type=_int_list, default=[1], help="seeds per size: one number, or one per size")
     d.add_argument("--out", required=True, help="the study's directory (a run directory per model, size and seed)")
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of each subset held out for early stopping")

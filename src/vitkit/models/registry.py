@@ -51,6 +51,12 @@ _CPU = {
                                   num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
     "vit_fashion_wide_patch4_28": dict(img_size=28, patch_size=4, depth=6, embed_dim=192, mlp_dim=384, num_heads=3,
                                        num_classes=10, in_chans=1, mean=(0.5,), std=(0.5,)),
+    # The data-scale study's model-size axis (the paper's Fig. 3 has several sizes per family): ViT-Ti's and
+    # ViT-S's Table 1 shapes (12 layers; width 192 and 384) on the same 49 tokens of 4x4 pixels; 5.4 M and 21.3 M.
+    "vit_fashion_tiny_patch4_28": dict(WIDTHS["tiny"], img_size=28, patch_size=4, num_classes=10, in_chans=1,
+                                       mean=(0.5,), std=(0.5,)),
+    "vit_fashion_small_patch4_28": dict(WIDTHS["small"], img_size=28, patch_size=4, num_classes=10, in_chans=1,
+                                        mean=(0.5,), std=(0.5,)),
     # The hybrid of the Fashion-MNIST comparison: a BiT stem (7x7/2 conv, GroupNorm, 3x3/2 max-pool) makes the
     # 7x7 tokens of vit_fashion_patch4_28, whose Transformer follows.
     "vit_fashion_hybrid_28": dict(img_size=28, backbone_layers=(), patch_size=1, depth=6, embed_dim=128, mlp_dim=256,

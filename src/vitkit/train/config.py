@@ -56,6 +56,8 @@ class TrainConfig:
     holdout: float = option(0.0, "hold out this class-balanced fraction of the training images: evaluate on it "
                                  "during training and keep the best as best.safetensors (the test split is left alone)")
     eval_every: int | None = option(None, "evaluate every N steps (default: every epoch)")
+    patience: int | None = option(None, "with --holdout: stop once N evaluations in a row have not improved on "
+                                        "the best held-out top-1 (early stopping; default: run to the end)")
     limit_eval: int | None = option(None, "evaluate on only the first N test images")
     data_root: str | None = option(None, "where datasets are unpacked/downloaded")
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
@@ -69,7 +71,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("patch_size", "in_chans", "micro_batch", "checkpoint_every", "keep_checkpoints", "log_every",
-                    "limit_train", "limit_eval", "subset", "eval_every")  # fmt: skip
+                    "limit_train", "limit_eval", "subset", "eval_every", "patience")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -84,6 +86,8 @@ class TrainConfig:
             choices = get_args(get_type_hints(TrainConfig)[name])
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.patience is not None and not self.holdout:
+            raise ValueError("patience stops on the held-out score: give --holdout too")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
 

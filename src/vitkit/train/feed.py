@@ -9,12 +9,13 @@ are a function of (seed, s) and the run's shape, so a resumed run continues wher
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data import DataSource, ResumableSampler, SeededTransform, make_loader, train_transform
 from ..data.batched import batched_training_data
@@ -136,6 +137,9 @@ def held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
     if isinstance(train, StreamedSplit):  # subsets are drawn by index
         train = train.held()
     train, kept_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
+    if len(train) < cfg.recipe.batch_size:  # a subset smaller than a batch (a GPU batch on 1k images): an epoch
+        copies = math.ceil(cfg.recipe.batch_size / len(train))  # passes over it that many times, each crop drawn anew
+        train = Subset(train, torch.arange(len(train)).repeat(copies).tolist())
     if kept_out is None:
         return dataclasses.replace(data, train=train), "test"
     return dataclasses.replace(data, train=train, test=kept_out), "held-out"

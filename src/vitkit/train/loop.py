@@ -181,6 +181,7 @@ class _Run:
     log: RunLog | None = None
     step: int = 0
     best_top1: float | None = None
+    stale: int = 0  # evaluations since the best one (early stopping with --patience)
     elapsed: float = 0.0  # seconds trained before this process started (a resumed run's)
     skipped_steps: int = 0
     last_checkpoint: Path | None = None
@@ -225,6 +226,7 @@ class _Run:
             return
         self.last_checkpoint = write_checkpoint(self.out, self.step, self.model, {
             "step": self.step, "total_steps": self.total_steps, "best_top1": self.best_top1, "elapsed": self.time_s(),
+            "stale": self.stale,
             "skipped_steps": self.skipped_steps, "optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
         }, self.meta, keep=self.cfg.keep_checkpoints, weights=weights)  # fmt: skip
@@ -252,6 +254,7 @@ class _Run:
         improved = self.best_top1 is None or ev.top1 > self.best_top1
         if distributed.is_sharded(self.model):  # every process gathers the weights to save, or none
             improved = self.procs.broadcast(improved)
+        self.stale = 0 if improved else self.stale + 1
         if improved:
             self.best_top1 = ev.top1
             self.save_weights(self.out / BEST, {**self.meta, "step": str(self.step), "top1": str(ev.top1)})
@@ -327,6 +330,7 @@ def _resume(run: _Run) -> None:
     state = restore(resumed, run.model, run.optimizer, run.scaler, run.ema, run.total_steps)
     run.step, run.best_top1, run.elapsed = state["step"], state["best_top1"], state["elapsed"]
     run.skipped_steps, run.last_checkpoint = state.get("skipped_steps", 0), resumed.path
+    run.stale = state.get("stale", 0)
     run.say(f"resuming {run.out} at step {run.step} of {run.total_steps} from {resumed.path}")
 
 
@@ -334,6 +338,8 @@ def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
     """Steps from run.step to the end, evaluating, logging and checkpointing as the config says; stops with a
     checkpoint on SIGINT/SIGTERM. Returns the step of the last evaluation (None if there was none)."""
     cfg, total = run.cfg, run.total_steps
+    if cfg.patience and run.stale >= cfg.patience:  # resumed after it stopped early, before the final weights
+        total = run.step
     run.t0 = time.time()
     run.model.train()
     busy = 0.0  # seconds spent loading and training, for images/s
@@ -360,6 +366,10 @@ def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
             if eval_due:
                 run.evaluate()
                 evaluated_at = run.step
+                if cfg.patience and run.stale >= cfg.patience:  # early stopping: this step is the last
+                    run.say(f"step {run.step}: no better {run.eval_name} top-1 in {run.stale} evaluations; stopping")
+                    total = run.step
+                    checkpoint_due = True
             if checkpoint_due:
                 run.checkpoint()
             if stop_requested(signals, run.procs):
@@ -369,6 +379,8 @@ def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
                 message = (f"stopped by {signal.Signals(signum).name} at step {run.step} of {total}; "
                            f"{run.last_good()}; continue with: vitkit train --resume --out {run.out}")  # fmt: skip
                 raise Interrupted(message, signum)
+            if run.step == total:
+                break
     return evaluated_at
 
 

@@ -192,6 +192,20 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 
+# The small-data recipes at a GPU batch of 1024 (8x the CPU ones), for the data-scale study at tens of epochs
+# (issue 26): AdamW's lr scaled by sqrt(8) (the square-root rule for adaptive optimisers, Malladi et al. 2022),
+# SGD's by 8 (the linear rule, Goyal et al. 2017), and twice the warm-up (Goyal et al.'s gradual warm-up for
+# large batches); the rest as the CPU recipe. Starting points of benchmarks/tune_recipes.py's grid on the GPU,
+# whose winners the study reads from a recipes file (vitkit.study.read_recipes).
+GPU_BATCH = 1024
+RECIPES.update({
+    f"{name}-gpu": RECIPES[name].replace(
+        batch_size=GPU_BATCH, warmup=0.1,
+        lr=RECIPES[name].lr * (GPU_BATCH / RECIPES[name].batch_size) ** (0.5 if RECIPES[name].optimizer == "adamw" else 1),
+    )
+    for name in ("small-data-vit", "small-data-hybrid", "small-data-resnet")
+})  # fmt: skip
+
 # The from-scratch small-data recipe of each model family.
 FAMILY_RECIPES: dict[str, str] = {"vit": "small-data-vit", "hybrid": "small-data-hybrid", "resnet": "small-data-resnet"}
 

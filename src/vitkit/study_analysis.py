@@ -1,0 +1,129 @@
+"""What a data-scale study (vitkit.study) says about the ViT's gap: per size, each model's accuracy minus the
+reference ViT's, paired by seed (at a size and seed every model trains on the same images); the slope of that
+gap against log10(size), with its uncertainty over seeds; and, where the other model still leads at the largest
+size and the gap shrinks, the size at which the fitted line reaches zero, an extrapolation.
+
+Pure functions of the runs' records ({"model", "size", "seed", metric: float | None, ...}); no training.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+# the accuracies a study records for every run, and their labels
+METRICS = {"top1": "test top-1", "fewshot_10": "10-shot linear", "transfer_10": "transfer 10-shot"}
+BOOTSTRAP = 2000  # resamples of the seeds within each size
+
+
+def paired_gaps(runs: Sequence[dict[str, Any]], key: str, model: str, reference: str) -> dict[int, list[float]]:
+    """{size: [model's `key` - reference's `key` for each seed both have]}, sizes ascending; a run with no
+    value (diverged, or a metric not measured) leaves its seed out."""
+    values: dict[tuple[str, int, int], float] = {
+        (r["model"], r["size"], r["seed"]): r[key] for r in runs if r.get(key) is not None
+    }
+    gaps: dict[int, list[float]] = defaultdict(list)
+    for (name, size, seed), value in sorted(values.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        if name == model and (reference, size, seed) in values:
+            gaps[size].append(value - values[reference, size, seed])
+    return dict(gaps)
+
+
+def gap_trend(gaps: dict[int, list[float]], resamples: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any] | None:
+    """The least-squares line gap = intercept + slope * log10(size) through the per-size mean gaps.
+
+    `slope_se`: the fit's standard error (from the residuals; needs 3 sizes). `bootstrap`: the slope's 2.5 and
+    97.5 percentiles when each size's seeds are resampled with replacement, and the share of resamples whose
+    slope is negative (the gap shrinks); a size with one seed adds no spread there, so read both. `crossing`:
+    where the line reaches 0, when the model still leads at the largest size and the slope is negative (an
+    extrapolation beyond the measured sizes). None with fewer than 2 sizes.
+    """
+    sizes = sorted(gaps)
+    if len(sizes) < 2:
+        return None
+    x = np.log10(np.array(sizes, dtype=np.float64))
+    means = np.array([np.mean(gaps[n]) for n in sizes])
+    dx = x - x.mean()
+    slope = float(dx @ means / (dx @ dx))
+    intercept = float(means.mean() - slope * x.mean())
+    residuals = means - (intercept + slope * x)
+    # the ordinary least-squares standard error of the slope (scipy.stats.linregress's stderr)
+    slope_se = float(np.sqrt(residuals @ residuals / (len(sizes) - 2) / (dx @ dx))) if len(sizes) > 2 else None
+    rng = np.random.default_rng(seed)
+    # (resamples, sizes): each size's mean over its seeds drawn with replacement
+    boot = np.stack([rng.choice(np.array(gaps[n]), size=(resamples, len(gaps[n]))).mean(axis=1) for n in sizes], axis=1)
+    slopes = (boot - boot.mean(axis=1, keepdims=True)) @ dx / (dx @ dx)
+    lo, hi = np.percentile(slopes, [2.5, 97.5])
+    trend: dict[str, Any] = {
+        "slope_per_decade": slope, "intercept": intercept, "slope_se": slope_se,
+        "bootstrap": {"resamples": resamples, "slope_2.5": float(lo), "slope_97.5": float(hi),
+                      "share_shrinking": float(np.mean(slopes < 0))},
+        "crossing": None,
+    }  # fmt: skip
+    if means[-1] > 0 and slope < 0:
+        size = float(10 ** (-intercept / slope))
+        beyond = size > sizes[-1]
+        where = (f"beyond the largest measured size {sizes[-1]:,}: an extrapolation of a {len(sizes)}-point fit" if beyond
+                 else "within the measured sizes, though the gap measured at the largest is still positive")  # fmt: skip
+        trend["crossing"] = {"size": size, "extrapolation": beyond, "note": f"where the fitted line reaches 0, {where}"}
+    return trend
+
+
+def analyse(runs: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str] = tuple(METRICS)) -> dict[str, Any]:
+    """For every metric measured and every model other than `reference`: the gap per size (mean, population
+    std and values over seeds) and its trend (gap_trend)."""
+    out: dict[str, Any] = {"reference": reference, "gaps": {}}
+    models = list(dict.fromkeys(r["model"] for r in runs if r["model"] != reference))
+    for key in metrics:
+        for model in models:
+            gaps = paired_gaps(runs, key, model, reference)
+            if not gaps:
+                continue
+            per_size = [{"size": n, "mean": float(np.mean(g)), "std": float(np.std(g)), "seeds": len(g), "per_seed": g}
+                        for n, g in gaps.items()]  # fmt: skip
+            out["gaps"].setdefault(key, {})[model] = {"per_size": per_size, "trend": gap_trend(gaps)}
+    return out
+
+
+def format_analysis(analysis: dict[str, Any]) -> str:
+    """Markdown: a table per metric of each model's gap to the reference per size (points, mean ± std over
+    seeds), its slope per decade of size, and the extrapolated crossing where there is one."""
+    lines: list[str] = []
+    for key, models in analysis["gaps"].items():
+        sizes = sorted({row["size"] for m in models.values() for row in m["per_size"]})
+        lines += ["", f"{key}: gap to {analysis['reference']} in points (mean ± std over seeds, seeds)", "",
+                  "| model | " + " | ".join(f"{n:,}" for n in sizes) + " | slope per decade (se; bootstrap 95%) | "
+                  "lines meet at (extrapolation) |", "|---" * (len(sizes) + 3) + "|"]  # fmt: skip
+        for model, m in models.items():
+            cells = {row["size"]: f"{100 * row['mean']:+.2f} ± {100 * row['std']:.2f} ({row['seeds']})"
+                     for row in m["per_size"]}  # fmt: skip
+            t = m["trend"]
+            if t is None:
+                slope, crossing = "-", "-"
+            else:
+                se = "-" if t["slope_se"] is None else f"{100 * t['slope_se']:.2f}"
+                b = t["bootstrap"]
+                slope = f"{100 * t['slope_per_decade']:+.2f} ({se}; {100 * b['slope_2.5']:+.2f} to {100 * b['slope_97.5']:+.2f})"
+                c = t["crossing"]
+                crossing = "-" if c is None else f"{c['size']:.3g} images" + ("" if c["extrapolation"] else " (fit only)")
+                if c is not None and b["slope_97.5"] >= 0:
+                    crossing += "; the slope's 95% interval includes 0"
+            lines.append(f"| {model} | " + " | ".join(cells.get(n, "-") for n in sizes) + f" | {slope} | {crossing} |")
+    return "\n".join(lines).strip()
+
+
+def format_by_size(summary: Sequence[dict[str, Any]], metrics: Sequence[str] = tuple(METRICS)) -> str:
+    """Markdown: a row per model and metric measured, a column per size; mean ± std over seeds (seeds)."""
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    sizes = sorted({r["size"] for r in summary})
+    cell = {(r["model"], r["size"]): r for r in summary}
+    lines = ["| model | " + " | ".join(f"{n:,}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for key in (k for k in metrics if any(r.get(k) is not None for r in summary)):
+        for m in models:
+            values = [cell.get((m, n)) for n in sizes]
+            lines.append(f"| {m} ({METRICS[key]}) | " + " | ".join(
+                "-" if r is None or r.get(key) is None else f"{r[key]:.2%} ± {r[f'{key}_std']:.2%} ({r['seeds']})"
+                for r in values) + " |")  # fmt: skip
+    return "\n".join(lines)
