@@ -37,7 +37,7 @@ from .data.subsets import check_size, dataset_labels, split_subset, subset_indic
 from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
 from .models import get_config, resolve_name
-from .precision import Precision
+from .precision import Requested
 from .train import NonFiniteLoss, fit, get_recipe, make_config
 from .train.loop import BEST
 from .train.recipes import FAMILY_RECIPES, Recipe
@@ -91,7 +91,7 @@ class Plan:
     images_seen: int
     seeds: list[int]  # per size
     holdout: float
-    precision: Precision
+    precision: Requested  # auto: each run's choice is in its config.yaml
     recipe_overrides: dict[str, Any]
     evaluations: int  # held-out evaluations (and checkpoints) per run
 
@@ -117,8 +117,8 @@ def _check(plan: Plan, data: DataSource) -> None:
         raise ValueError(f"images_seen must be positive, got {plan.images_seen}")
     if not 0 <= plan.holdout < 1:
         raise ValueError(f"holdout is a fraction of each subset, in [0, 1), got {plan.holdout}")
-    if plan.precision not in get_args(Precision):
-        raise ValueError(f"precision must be one of {get_args(Precision)}, got {plan.precision!r}")
+    if plan.precision not in get_args(Requested):
+        raise ValueError(f"precision must be one of {', '.join(get_args(Requested))}, got {plan.precision!r}")
     if plan.evaluations < 1:
         raise ValueError(f"evaluations must be positive, got {plan.evaluations}")
     if not plan.sizes or len(plan.seeds) != len(plan.sizes) or min(plan.seeds) < 1:
@@ -314,7 +314,7 @@ def data_scale(
     seeds: int | Sequence[int],
     out: str | Path,
     holdout: float = 0.1,
-    precision: Precision = "fp32",
+    precision: Requested = "auto",
     recipe_overrides: dict[str, Any] | None = None,
     data_root: str | None = None,
     device: str | None = None,

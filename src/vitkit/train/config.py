@@ -12,7 +12,7 @@ import yaml
 from ..data import dataset_defaults
 from ..models.config import check_fields
 from ..models.posembed import ResampleMethod
-from ..precision import Precision
+from ..precision import Requested
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
 
 
@@ -33,7 +33,8 @@ class TrainConfig:
     pos_method: ResampleMethod | None = option(None, "position-embedding resampling for init_from")
     out: str | None = option(None, "run directory (default: runs/<data>-<model>-<time>)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
-    precision: Precision = option("fp32", "fp32, or bf16/fp16 autocast")
+    precision: Requested = option("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32, or "
+                                          "bf16/fp16 autocast")
     compile: bool = option(False, "torch.compile the model")
     fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
                                "(FSDP) instead of copying them to each (DDP)")
@@ -69,8 +70,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a fraction of the training images, in [0, 1), got {self.holdout}")
-        if self.precision not in get_args(Precision):
-            raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
+        if self.precision not in get_args(Requested):
+            raise ValueError(f"precision must be one of {', '.join(get_args(Requested))}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -38,12 +38,12 @@ from ..data.subsets import split_subset
 from ..evaluate import Evaluation, eval_loader, evaluate
 from ..evaluate.predict import CLASSES_KEY
 from ..models import get_config
-from ..precision import autocast
+from ..precision import autocast, resolve_precision
 from . import distributed
 from .config import TrainConfig, with_defaults
 from .ema import ModelEMA
 from .feed import build_feed
-from .optim import build_optimizer
+from .optim import build_optimizer, muon_dtype
 from .recipes import Recipe
 from .resume import checkpoints, newest_intact, remove_partial_writes, write_checkpoint
 from .runlog import RunLog
@@ -345,6 +345,10 @@ class _Run:
 
 def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     """Everything before the first step: data, model, optimiser, the resumed state; writes config.yaml."""
+    requested, choice = cfg, resolve_precision(cfg.precision, procs.device)
+    cfg = dataclasses.replace(cfg, precision=choice.precision)  # config.yaml keeps what was asked ("auto")
+    if procs.is_main:
+        print(choice.line(), file=sys.stderr)
     data, eval_name = _held_out(cfg, load_data(cfg.data, cfg.data_root))
     recipe, out = cfg.recipe, Path(cfg.out)
     if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
@@ -373,7 +377,8 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     )  # fmt: skip
     _resume(run)
     if procs.is_main:
-        _write_config(cfg, model, data, {"derived": {
+        _write_config(requested, model, data, {"derived": {
+            "precision": choice.to_dict(), "muon_newton_schulz": muon_dtype(run.optimizer),
             "total_steps": run.total_steps, "steps_per_epoch": feed.steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": feed.workers,
             "augmentation": feed.augmentation, "train_images": feed.images, "eval_images": len(test_loader.dataset),
