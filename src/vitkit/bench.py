@@ -382,11 +382,11 @@ def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> _Int8St
     """Quantise `model` (calibrated on `spec.calibrate`'s training images, else on photographs other than
     the check's), then compare it with fp32 on scikit-image's sample photographs, run in batches of the
     row's size (the compiled shape): logit_cosine_vs_fp32 (the smallest) and top1_agreement_vs_fp32."""
-    from .export import sample_images
-    from .quantize import calibration_batches, logit_fidelity, photo_batches, quantize
+    from .data.photos import photo_batches, sample_images
+    from .quantize import calibration_batches, logit_fidelity, quantize
 
     cfg = model.config
-    int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg))
+    int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg.data_config))
     photos = sample_images(cfg.data_config)  # (3, C, H, W)
     tiled = photos[torch.arange(-(-len(photos) // spec.batch_size) * spec.batch_size) % len(photos)]
     with torch.inference_mode():

@@ -174,6 +174,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     from .precision import autocast
 
+    if args.precision == "int8":
+        from .quantize import check_calibration
+
+        check_calibration(args.calibrate)
     model, choice = _load_model(args.checkpoint, args.device, args.precision)
     precision, device = choice.precision, next(model.parameters()).device
     if precision == "int8":
