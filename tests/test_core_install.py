@@ -58,7 +58,7 @@ def test_a_core_install_trains_and_evaluates(tmp_path):
                  "--batch-size", "16", "--limit-train", "32", "--limit-eval", "32", "--workers", "0",
                  "--no-progress", "--out", str(run), "--data-root", str(tmp_path / "data"))  # fmt: skip
     assert train.returncode == 0, train.stderr
-    assert "precision: " in train.stderr.splitlines()[0]
+    assert train.stderr.count("precision: ") == 1
     ev = core("eval", "--checkpoint", str(run / "model.safetensors"), "--data", "fashion_mnist", "--limit", "32",
               "--json", "--device", "cpu", "--data-root", str(tmp_path / "data"))  # fmt: skip
     assert ev.returncode == 0, ev.stderr

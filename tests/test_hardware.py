@@ -98,7 +98,7 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_runs_with_a_one_line_warning(mo
     monkeypatch.setattr(hardware, "cpu", lambda: AVX2)
     choice = resolve_precision("bf16", "cpu")
     assert choice.precision == "bf16" and "emulated" in choice.warning and "slower than fp32" in choice.warning
-    assert choice.line().splitlines()[1].startswith("warning: bf16 is emulated")
+    assert choice.line().splitlines()[1].startswith("vitkit: warning: bf16 is emulated")
     monkeypatch.setattr(hardware, "cpu", lambda: SAPPHIRE_RAPIDS)
     assert resolve_precision("bf16", "cpu").warning == ""
 

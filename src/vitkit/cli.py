@@ -104,14 +104,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _load_model(path: str, device: str | None, precision: str = "auto") -> tuple[Any, Any]:
     """The checkpoint's model on `device` (default: CUDA when present, CPU for int8), in eval mode, and the
-    precision it runs in (`auto` resolved; said once on stderr)."""
+    precision it runs in (`auto` resolved; eval's JSON records it; a warning, if any, goes to stderr)."""
     from .checkpoints.load import load
     from .hardware import default_device
     from .precision import resolve_precision
 
     device = device or default_device(precision)
     choice = resolve_precision(precision, device)  # bad input fails before the checkpoint is read
-    print(choice.line(), file=sys.stderr)
+    if choice.warning:
+        print(f"vitkit: warning: {choice.warning}", file=sys.stderr)
     return load(path).to(device).eval(), choice
 
 
@@ -141,7 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{data.name} {args.split}: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images (loss {ev.loss:.4f})")
+    print(f"{data.name} {args.split}: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images (loss {ev.loss:.4f}, "
+          f"{choice.precision})")
     for name, acc in report["per_class"].items():
         print(f"  {name:>24}: {acc:.2%}")
     print(f"confusion matrix: {png}")

@@ -34,7 +34,7 @@ class PrecisionChoice:
     def line(self) -> str:
         """The one line a command prints: 'precision: fp32 (auto: ...)', then the warning, if any."""
         text = f"precision: {self.precision} ({self.requested}: {self.reason})"
-        return f"{text}\nwarning: {self.warning}" if self.warning else text
+        return f"{text}\nvitkit: warning: {self.warning}" if self.warning else text
 
     def to_dict(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v}

@@ -347,8 +347,6 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     """Everything before the first step: data, model, optimiser, the resumed state; writes config.yaml."""
     requested, choice = cfg, resolve_precision(cfg.precision, procs.device)
     cfg = dataclasses.replace(cfg, precision=choice.precision)  # config.yaml keeps what was asked ("auto")
-    if procs.is_main:
-        print(choice.line(), file=sys.stderr)
     data, eval_name = _held_out(cfg, load_data(cfg.data, cfg.data_root))
     recipe, out = cfg.recipe, Path(cfg.out)
     if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
@@ -365,6 +363,8 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     feed = build_feed(data, model.config.data_config, cfg, procs, micro, accum, _saved_workers(cfg))
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
+    if procs.is_main:
+        print(choice.line(), file=sys.stderr)  # the first line of a run that starts
     test_loader = eval_loader(first(data.split("test"), cfg.limit_eval), model.config.data_config, data.channels,
                               batch_size=256, workers=feed.workers)  # fmt: skip
     run = _Run(
