@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch 2.14.1 + torchvision 0.29.1: the pair the project is tested with
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data browser run test bench clean
+.PHONY: setup data browser run test test-avx2 bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ bench: setup data
 
 test: setup data browser
 	$(BIN)/python -m pytest
+
+# The tests whose paths depend on CPU features (int8, precision, Muon), again as an AVX2-only x86-64 runs them:
+# PyTorch and oneDNN capped at AVX2 (vitkit.hardware). About a minute; .ci/run runs it after `make test`.
+AVX2_TESTS := tests/test_hardware.py tests/test_int8.py tests/test_train.py::test_muon_steps_each_hidden_matrix_by_the_polar_factor_of_its_gradient_and_adamw_the_rest "tests/test_train.py::test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one[muon]"
+test-avx2: setup data
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(AVX2_TESTS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -34,8 +34,9 @@ import torch
 from safetensors.torch import save_file
 
 from vitkit.bench import RowSpec, _measure, bench_model
-from vitkit.export import INPUT_NAME, export_onnx, sample_images
-from vitkit.quantize import calibration_batches, logit_fidelity, photo_batches, quantize, quantize_onnx
+from vitkit.data.photos import photo_batches, sample_images
+from vitkit.export import INPUT_NAME, export_onnx, export_onnx_int8, int8_onnx_images, quantize_onnx
+from vitkit.quantize import calibration_batches, logit_fidelity, quantize
 
 RESULTS = Path(__file__).parent / "results"
 TORCH_ROWS = ("timm bf16 eager", "vitkit int8", "onnxruntime int8")
@@ -83,7 +84,7 @@ def speed(model_name: str, batch_sizes: list[int], rounds: int, threads: int, wa
 
     model = bench_model(model_name).eval()
     cfg = model.config
-    calibration = photo_batches(cfg)
+    calibration = photo_batches(cfg.data_config)
     photos = sample_images(cfg.data_config)
     with torch.inference_mode():
         reference = model(photos)
@@ -145,8 +146,6 @@ def agreement(checkpoint: str, data: str, batch_size: int = 256) -> dict[str, An
     from vitkit import load
     from vitkit.data import load_data
     from vitkit.evaluate import eval_loader
-    from vitkit.quantize import export_onnx_int8, int8_onnx_images
-
     model = load(checkpoint).eval()
     source = load_data(data)
     batches = list(eval_loader(source.test, model.config.data_config, source.channels, batch_size))

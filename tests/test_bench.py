@@ -108,6 +108,16 @@ def test_unsupported_settings_fail_with_a_clear_message(kwargs, message):
         bench.benchmark(**{"model_name": TINY, **kwargs, **QUICK})
 
 
+def test_a_refusal_in_a_rows_own_process_reaches_the_caller_as_the_same_one_line_error():
+    """A row measured in a fresh process (isolate=True) that refuses its settings: the caller gets the child's
+    ValueError, not 'failed in its own process (exit 1)'."""
+    spec = bench.RowSpec("vit_no_such_model", None, "vitkit", 1, "fp32", "infer", False, "torch", "cpu", 0, 1, 1, 0,
+                         weights_path="unused.safetensors")  # fmt: skip
+    with pytest.raises(ValueError, match="vit_no_such_model") as refusal:
+        bench._measure(spec, isolate=True)
+    assert "\n" not in str(refusal.value) and "own process" not in str(refusal.value)
+
+
 def test_cli_json_is_one_object_on_stdout_and_the_table_goes_to_stderr(capsys):
     parser = argparse.ArgumentParser()
     bench.add_parser(parser.add_subparsers(dest="command"))

@@ -1,10 +1,15 @@
 """int8 inference (vitkit.quantize): agreement with fp32 on a small model trained on Fashion-MNIST, the int8
-ONNX round trip, the CLI, and the errors where int8 cannot run.
+ONNX round trip (vitkit.export), the CLI, and the errors where int8 cannot run.
 
 Most tests run the quantised graph eagerly (compile=False: torchao's reference int8 ops, the same numbers
-as the compiled oneDNN kernels); the CLI test compiles, as users run it."""
+as the compiled oneDNN kernels); the CLI test compiles, as users run it. Tests that need VNNI/AMX ask
+vitkit.hardware, so that they skip, naming the missing feature, on an AVX2-only CPU and under
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (which .ci/run uses for a second pass)."""
 
 import json
+import os
+import platform
+import subprocess
 import sys
 
 import pytest
@@ -14,6 +19,7 @@ from torch.utils.data import Subset
 
 pytest.importorskip("torchao")
 
+from vitkit import export, hardware  # noqa: E402
 from vitkit import quantize as q  # noqa: E402
 from vitkit.checkpoints.io import save  # noqa: E402
 from vitkit.data import load_data  # noqa: E402
@@ -22,8 +28,9 @@ from vitkit.models import VisionTransformer, get_config  # noqa: E402
 
 DATA = "fashion_mnist"
 needs_int8_cpu = pytest.mark.skipif(
-    not (torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()), reason="no VNNI/AMX int8 on this CPU"
+    not hardware.cpu().int8, reason=f"needs {hardware.cpu().missing_int8}: this CPU is {hardware.cpu().summary()}"
 )
+x86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the AVX2 caps are x86's")
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +97,8 @@ def test_a_model_calibrated_one_image_at_a_time_runs_any_batch_size():
 
 
 def test_int8_onnx_export_round_trip(trained, fashion, tmp_path):
-    calibration, check = q.int8_onnx_images(DATA, trained.config)
-    report = q.export_onnx_int8(trained, tmp_path / "int8.onnx", calibration, check)
+    calibration, check = export.int8_onnx_images(DATA, trained.config)
+    report = export.export_onnx_int8(trained, tmp_path / "int8.onnx", calibration, check)
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": check.numpy()})[0])
@@ -100,15 +107,36 @@ def test_int8_onnx_export_round_trip(trained, fashion, tmp_path):
     assert q.logit_fidelity(want, got) == pytest.approx(
         {k: report[k] for k in ("logit_cosine_vs_fp32", "top1_agreement_vs_fp32")}
     )
-    assert report["logit_cosine_vs_fp32"] >= q.MIN_COSINE and report["top1_agreement_vs_fp32"] >= 0.95
+    assert report["logit_cosine_vs_fp32"] >= export.MIN_COSINE and report["top1_agreement_vs_fp32"] >= 0.95
     assert report["size_mb"] < 0.5 * report["fp32_size_mb"]  # int8 weights
     assert any(n.op_type == "QuantizeLinear" for n in __import__("onnx").load(str(tmp_path / "int8.onnx")).graph.node)
 
 
+def int8_weights(path) -> list:
+    """The int8 weight matrices (initialisers) of a QDQ ONNX file, as numpy arrays."""
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    return [a for a in arrays if a.dtype.name == "int8" and a.ndim >= 2]
+
+
+@pytest.mark.parametrize("full_range, bits", [(False, 7), (True, 8)])
+def test_int8_onnx_weights_are_7_bit_unless_full_range_is_asked_for(trained, tmp_path, full_range, bits):
+    """7-bit weights (ONNX Runtime's reduce_range: [-64, 63]) cannot saturate the 16-bit sums of a CPU without
+    VNNI; --int8-full-range uses all of [-127, 127]."""
+    calibration, check = export.int8_onnx_images(DATA, trained.config)
+    report = export.export_onnx_int8(trained, tmp_path / "int8.onnx", calibration, check, full_range=full_range)
+    weights = int8_weights(tmp_path / "int8.onnx")
+    largest = max(int(abs(w.astype("int16")).max()) for w in weights)
+    assert report["weight_bits"] == bits and len(weights) >= 4 * trained.config.depth
+    assert largest <= 64 if bits == 7 else largest > 64
+
+
 def test_an_int8_export_that_strays_from_fp32_is_not_written(trained, tmp_path):
-    calibration, check = q.int8_onnx_images(DATA, trained.config)
+    calibration, check = export.int8_onnx_images(DATA, trained.config)
     with pytest.raises(RuntimeError, match="was not written"):
-        q.export_onnx_int8(trained, tmp_path / "int8.onnx", calibration, check, min_cosine=1.0)
+        export.export_onnx_int8(trained, tmp_path / "int8.onnx", calibration, check, min_cosine=1.0)
     assert not (tmp_path / "int8.onnx").exists()
 
 
@@ -131,7 +159,7 @@ def test_cli_eval_int8_matches_fp32_accuracy(trained, tmp_path, capsys):
     "patch, message",
     [
         ({"sys.modules": {"torchao": None}}, "needs torchao"),
-        ({"cpu": False}, "AVX512-VNNI or AMX"),
+        ({"cpu": False}, "needs a CPU with AVX512-VNNI or AMX int8 instructions"),
         ({"device": "meta"}, "runs on CPU only"),
     ],
 )
@@ -140,12 +168,26 @@ def test_int8_refuses_with_a_clear_message_where_it_cannot_run(patch, message, m
     if "sys.modules" in patch:
         monkeypatch.setitem(sys.modules, "torchao", None)
     if "cpu" in patch:
-        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        avx2 = hardware.CpuFeatures("x86_64", "AVX2", bf16=False, int8=False, amx=False)
+        monkeypatch.setattr(hardware, "cpu", lambda: avx2)
     if "device" in patch:
         model = model.to("meta")
     with pytest.raises(ValueError, match=message):
         q.quantize(model, [torch.randn(2, 3, 16, 16)])
+
+
+@x86
+def test_int8_refuses_in_one_line_on_a_cpu_without_vnni_or_amx(tmp_path):
+    """Under the AVX2 caps (a real AVX2-only CPU answers the same): `vitkit eval --precision int8` ends with one
+    line that names the missing instructions and exit 2, before the checkpoint is read."""
+    env = {**os.environ, **hardware.AVX2_ENV}
+    argv = ["eval", "--checkpoint", str(tmp_path / "absent.safetensors"), "--data", DATA, "--precision", "int8"]
+    proc = subprocess.run([sys.executable, "-m", "vitkit", *argv], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "vitkit eval: error: int8 inference needs AVX512-VNNI or AMX int8 instructions, which this CPU lacks "
+        "(x86_64, ATen AVX2, bf16 emulated, no VNNI/AMX int8); use --precision auto or fp32"
+    ]
 
 
 def test_int8_refuses_model_families_it_has_not_been_checked_on():

@@ -32,9 +32,10 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def tiny(data_root: str, out: Path, recipe: dict | None = None, **run) -> vitkit.train.TrainConfig:
-    """A 2-layer ViT on 16x16 crops of a few Fashion-MNIST images; a run takes about a second."""
+    """A 2-layer ViT on 16x16 crops of a few Fashion-MNIST images; a run takes about a second. In fp32, not
+    `auto`: these tests compare the loop's arithmetic exactly, on every CPU alike (auto: test_hardware.py)."""
     fields = dict(data="fashion_mnist", model="vit_test_patch4_16", limit_train=64, limit_eval=32, data_root=data_root,
-                  progress=False, workers=0, out=str(out))  # fmt: skip
+                  progress=False, workers=0, out=str(out), precision="fp32")  # fmt: skip
     return make_config({"steps": 6, "batch_size": 16, **(recipe or {})}, **{**fields, **run})
 
 

@@ -33,7 +33,7 @@ from .flops import Mode, step_flops
 from .measure import matmul_peak_gflops, num_threads, peak_memory_mb, reset_peak_memory, sync
 from .models import build_model, get_config
 from .peers import check_agreement, timm_architecture
-from .precision import DTYPES, Precision, autocast
+from .precision import DTYPES, InferencePrecision, Precision, PrecisionChoice, autocast, resolve_precision
 
 Runtime = Literal["torch", "onnxruntime"]
 Library = Literal["vitkit", "timm"]
@@ -156,11 +156,11 @@ def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> tuple[S
     """Quantise `model` (calibrated on `spec.calibrate`'s training images, else on photographs other than
     the check's), then compare it with fp32 on scikit-image's sample photographs, run in batches of the
     row's size (the compiled shape): logit_cosine_vs_fp32 (the smallest) and top1_agreement_vs_fp32."""
-    from .export import sample_images
-    from .quantize import calibration_batches, logit_fidelity, photo_batches, quantize
+    from .data.photos import photo_batches, sample_images
+    from .quantize import calibration_batches, logit_fidelity, quantize
 
     cfg = model.config
-    int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg))
+    int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg.data_config))
     photos = sample_images(cfg.data_config)  # (3, C, H, W)
     tiled = photos[torch.arange(-(-len(photos) // spec.batch_size) * spec.batch_size) % len(photos)]
     with torch.inference_mode():
@@ -194,22 +194,31 @@ def measure_row(spec: RowSpec) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_WORKER = (
-    "import json, sys; from vitkit.bench import RowSpec, measure_row; "
-    "print(json.dumps(measure_row(RowSpec(**json.load(sys.stdin)))))"
-)
+# A row's process prints its result, or a refusal (a ValueError: bad input, not a crash), as one JSON line.
+_WORKER = """import json, sys
+from vitkit.bench import RowSpec, measure_row
+try:
+    print(json.dumps(measure_row(RowSpec(**json.load(sys.stdin)))))
+except ValueError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(2)
+"""
 
 
 def _measure(spec: RowSpec, isolate: bool) -> dict[str, Any]:
-    """measure_row here, or in a fresh Python process (its errors go to this process's stderr)."""
+    """measure_row here, or in a fresh Python process (its other output goes to this process's stderr);
+    a refusal there is raised here as the same one-line ValueError."""
     if not isolate:
         return measure_row(spec)
     proc = subprocess.run(
         [sys.executable, "-c", _WORKER], input=json.dumps(asdict(spec)), stdout=subprocess.PIPE, text=True
     )
+    last = proc.stdout.splitlines()[-1] if proc.stdout.strip() else "{}"
+    if proc.returncode == 2 and last.startswith('{"error"'):
+        raise ValueError(json.loads(last)["error"])
     if proc.returncode:
         raise RuntimeError(f"measuring the {spec.library} row failed in its own process (exit {proc.returncode})")
-    return json.loads(proc.stdout.splitlines()[-1])
+    return json.loads(last)
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
@@ -217,13 +226,13 @@ def _check_settings(
     precision: str, mode: str, compile: bool, runtime: str, compare: str | None, device: DeviceType | None
 ) -> tuple[DeviceType, bool]:
     """Reject settings `benchmark` cannot measure, in one line; return the device and compile flag to use."""
-    if precision not in ("fp32", "bf16", "fp16", "int8") or mode not in ("infer", "train"):
-        raise ValueError(f"precision must be fp32, bf16, fp16 or int8, mode infer or train; got {precision}, {mode}")
+    if precision not in ("auto", "fp32", "bf16", "fp16", "int8") or mode not in ("infer", "train"):
+        raise ValueError(f"precision must be auto, fp32, bf16, fp16 or int8, mode infer or train; got {precision}, {mode}")
     if precision == "int8" and (mode != "infer" or runtime != "torch" or device == "cuda"):
         raise ValueError("--precision int8 is inference on CPU with --runtime torch")
     if precision == "int8":
         device, compile = "cpu", True  # the int8 row always compiles: that is what runs oneDNN's int8 kernels
-    if runtime == "onnxruntime" and (precision != "fp32" or mode != "infer" or compile):
+    if runtime == "onnxruntime" and (precision not in ("auto", "fp32") or mode != "infer" or compile):
         raise ValueError("--runtime onnxruntime runs fp32 inference without --compile")
     if runtime not in ("torch", "onnxruntime") or compare not in (None, "timm"):
         raise ValueError(f"unknown runtime {runtime!r} or compare {compare!r}")
@@ -265,7 +274,7 @@ def benchmark(
     model_name: str,
     batch_size: int = 16,
     img_size: int | None = None,
-    precision: Precision | Literal["int8"] = "fp32",
+    precision: InferencePrecision = "auto",
     compile: bool = False,
     mode: Mode = "infer",
     compare: Literal["timm"] | None = None,
@@ -299,6 +308,8 @@ def benchmark(
     scikit-image's sample photographs, in place of max_abs_diff.
     """
     device, compile = _check_settings(precision, mode, compile, runtime, compare, device)
+    choice = resolve_precision("fp32" if runtime == "onnxruntime" else precision, device)
+    precision = choice.precision
     if cuda_graphs:  # both libraries' rows replay a captured step
         from .train.graphs import check_graph_row
 
@@ -310,8 +321,9 @@ def benchmark(
     gflops = step_flops(cfg, mode) / 1e9
     result: dict[str, Any] = {
         "model": cfg.name, "batch_size": batch_size, "img_size": list(cfg.img_size), "precision": precision,
-        "mode": mode, "compile": compile, "runtime": runtime, "device": device, "threads": threads,
-        "warmup": warmup, "repeats": repeats, "torch_version": torch.__version__, "cuda_graphs": cuda_graphs,
+        "precision_choice": choice.to_dict(), "mode": mode, "compile": compile, "runtime": runtime, "device": device,
+        "threads": threads, "warmup": warmup, "repeats": repeats, "torch_version": torch.__version__,
+        "cuda_graphs": cuda_graphs,
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
         spec = RowSpec(
@@ -383,6 +395,7 @@ def _run(args: argparse.Namespace) -> int:
         warmup=args.warmup, repeats=args.repeats, threads=args.threads, isolate=not args.in_process,
         calibrate=args.calibrate, cuda_graphs=args.cuda_graphs,
     )  # fmt: skip
+    print(PrecisionChoice(**result["precision_choice"]).line(), file=sys.stderr)
     print(format_table(result), file=sys.stderr)
     if args.json:
         print(json.dumps(result))
@@ -395,8 +408,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="registered model name or paper alias (ViTs and ResNets)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
-                   help="int8: CPU inference, compiled, against timm's bf16 eager")  # fmt: skip
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                   help="auto: bf16 where the hardware runs it natively, else fp32; int8: CPU inference, compiled, "
+                        "against timm's bf16 eager")  # fmt: skip
     p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: photographs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both rows)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the step as one CUDA graph (both rows)")

@@ -102,14 +102,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train, run_fields=run_fields, recipe_fields=recipe_fields)
 
 
-def _load_model(path: str, device: str | None, precision: str = "fp32") -> Any:
-    import torch
-
+def _load_model(path: str, device: str | None, precision: str = "auto") -> tuple[Any, Any]:
+    """The checkpoint's model on `device` (default: CUDA when present, CPU for int8), in eval mode, and the
+    precision it runs in (`auto` resolved; eval's JSON records it; a warning, if any, goes to stderr)."""
     from .checkpoints.load import load
+    from .hardware import default_device
+    from .precision import resolve_precision
 
-    model = load(path)
-    default = "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"  # int8 runs on CPU
-    return model.to(device or default).eval()
+    device = device or default_device(precision)
+    choice = resolve_precision(precision, device)  # bad input fails before the checkpoint is read
+    if choice.warning:
+        print(f"vitkit: warning: {choice.warning}", file=sys.stderr)
+    return load(path).to(device).eval(), choice
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -117,27 +121,29 @@ def _eval(args: argparse.Namespace) -> int:
     from .data.streaming import first
     from .evaluate import eval_loader, evaluate, plot_confusion
 
-    model = _load_model(args.checkpoint, args.device, args.precision)
+    model, choice = _load_model(args.checkpoint, args.device, args.precision)
+    precision = choice.precision
     data = load_data(args.data, args.data_root)
     dataset = first(data.split(args.split), args.limit)
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"the checkpoint has {model.config.num_classes} classes, {data.name} has {len(data.classes)}")
     device = next(model.parameters()).device
     loader = eval_loader(dataset, model.config.data_config, data.channels, args.batch_size, args.workers)
-    if args.precision == "int8":
+    if precision == "int8":
         from .quantize import quantize_calibrated
 
-        model, args.precision = quantize_calibrated(model, args.calibrate or args.data, args.data_root), "fp32"
-    ev = evaluate(model, loader, len(data.classes), device, args.precision)
+        model, precision = quantize_calibrated(model, args.calibrate or args.data, args.data_root), "fp32"
+    ev = evaluate(model, loader, len(data.classes), device, precision)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(ev.confusion, data.classes, out / f"confusion-{args.split}.png")
     report = {**ev.to_dict(data.classes), "checkpoint": args.checkpoint, "data": data.name, "split": args.split,
-              "confusion_png": str(png)}  # fmt: skip
+              "confusion_png": str(png), "precision": choice.to_dict()}  # fmt: skip
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{data.name} {args.split}: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images (loss {ev.loss:.4f})")
+    print(f"{data.name} {args.split}: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images (loss {ev.loss:.4f}, "
+          f"{choice.precision})")
     for name, acc in report["per_class"].items():
         print(f"  {name:>24}: {acc:.2%}")
     print(f"confusion matrix: {png}")
@@ -153,7 +159,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where to write confusion-<split>.png (default: the checkpoint's folder)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32", help="int8: on CPU")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
+                   help="auto: bf16 where the hardware runs it natively, else fp32; int8: on CPU")  # fmt: skip
     p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: --data's training split)")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
@@ -167,12 +174,20 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
-    model = _load_model(args.checkpoint, args.device, args.precision)
+    from .precision import autocast
+
     if args.precision == "int8":
+        from .quantize import check_calibration
+
+        check_calibration(args.calibrate)
+    model, choice = _load_model(args.checkpoint, args.device, args.precision)
+    precision, device = choice.precision, next(model.parameters()).device
+    if precision == "int8":
         from .quantize import quantize_calibrated
 
-        model = quantize_calibrated(model, args.calibrate)
-    predictions = predict_files(model, args.images, checkpoint_classes(args.checkpoint), args.topk)
+        model, precision = quantize_calibrated(model, args.calibrate), "fp32"
+    with autocast(device, precision):
+        predictions = predict_files(model, args.images, checkpoint_classes(args.checkpoint), args.topk)
     for p in predictions:
         if p.error is not None:
             print(f"vitkit predict: error: {p.image}: {p.error}", file=sys.stderr)
@@ -191,7 +206,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true", help='print one JSON object: {"predictions": [...]}')
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="int8: on CPU, needs --calibrate")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="auto: bf16 where the hardware runs it natively, else fp32; int8: on CPU, needs --calibrate")
     p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images: this dataset's training split")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_predict)
@@ -245,7 +261,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", required=True, help="the study's directory (a run directory per model, size and seed)")
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of each subset held out for early stopping")
     d.add_argument("--evaluations", type=int, default=10, help="held-out evaluations (and checkpoints) per run")
-    d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 where the hardware runs it natively, else fp32")
     d.add_argument("--json", action="store_true", help='print one JSON object: {"runs": [...], "summary": [...], ...}')
     d.add_argument("--data-root", help="where datasets are unpacked/downloaded")
     d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -277,8 +294,15 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (what to fix, and where to read more) instead of the usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitkit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="vitkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)

@@ -1,8 +1,15 @@
-"""ONNX export, checked against PyTorch on real photographs before the file is put in place.
+"""ONNX export, fp32 or int8, checked against PyTorch on real images before the file is put in place.
 
 `torch.onnx.export`'s TorchScript exporter is used: the torch.export-based one needs the
 `onnxscript` package, which vitkit does not depend on. The batch axis is dynamic; the image size is
 fixed at export time (the position embeddings are resampled, if at all, before tracing).
+
+int8: the fp32 export, then ONNX Runtime's static quantisation in QDQ format, calibrated on a few hundred
+training images; the file runs in ONNX Runtime and in OpenVINO. Its weights are 7-bit by default
+(ONNX Runtime's `reduce_range`): on a CPU without VNNI the int8 dot products run through 16-bit
+intermediates (x86's pmaddubsw) that 8-bit weights can saturate, which is why ONNX Runtime and OpenVINO
+recommend 7-bit weights there; with them the file is equally close to fp32 on every x86-64 CPU.
+`--int8-full-range` keeps 8-bit weights, for deployments on VNNI/AMX CPUs only (docs/int8.md).
 """
 
 from __future__ import annotations
@@ -11,20 +18,22 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints.io import atomic_write
-from .data.preprocessing import DataConfig
+from .data.photos import sample_images
 from .models.config import to_2tuple
+from .quantize import calibration_batches, logit_fidelity
 
 INPUT_NAME, OUTPUT_NAME = "images", "output"
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee")
+MIN_COSINE = 0.99  # the int8 ONNX file is written only if every check image's logits are this close to fp32
 
 
 def _onnxruntime() -> Any:
@@ -33,28 +42,6 @@ def _onnxruntime() -> Any:
     except ImportError:
         raise ValueError("ONNX export is checked with onnxruntime: pip install 'vitkit[onnx]'") from None
     return onnxruntime
-
-
-def sample_images(
-    cfg: DataConfig, img_size: int | tuple[int, int] | None = None, names: Sequence[str] = SAMPLE_PHOTOS
-) -> torch.Tensor:
-    """scikit-image's photographs `names` (astronaut, chelsea and coffee), resized to the model's input and
-    normalised with its mean/std: -> (len(names), C, H, W) float32. One-channel models get the grey level."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise ValueError("real sample images need scikit-image: pip install scikit-image") from None
-    if cfg.in_chans not in (1, 3):
-        raise ValueError(f"no sample photographs for {cfg.in_chans}-channel inputs; pass check_images")
-    size = to_2tuple(img_size) if img_size is not None else cfg.img_size
-    photos = [torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).float() / 255 for name in names]
-    x = torch.stack([F.interpolate(p[None], size=size, mode="bicubic", antialias=True)[0] for p in photos])
-    x = x.clamp(0, 1)  # (N, 3, H, W) in [0, 1]
-    if cfg.in_chans == 1:
-        x = x.mean(dim=1, keepdim=True)
-    mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std).view(1, -1, 1, 1)
-    return (x - mean) / std
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor, path: str, opset: int) -> None:
@@ -122,16 +109,102 @@ def export_onnx(
     }  # fmt: skip
 
 
+# ---- int8 ------------------------------------------------------------------------------------------
+def quantize_onnx(
+    fp32_path: str, out_path: str, calibration: Iterable[torch.Tensor], full_range: bool = False
+) -> None:
+    """ONNX Runtime's static quantisation of the fp32 file at `fp32_path`, QDQ format: int8 weights per
+    output channel (7-bit unless `full_range`) and uint8 activations for MatMul, Gemm and Conv, calibrated
+    (min-max) on the batches (B, C, H, W) of `calibration`."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise ValueError("int8 ONNX export needs onnxruntime: pip install 'vitkit[onnx]'") from None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            images = next(self.batches, None)
+            return None if images is None else {INPUT_NAME: images.float().numpy()}
+
+    with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:
+        prepared = str(Path(tmp) / "prepared.onnx")
+        quant_pre_process(fp32_path, prepared)  # shape inference and graph clean-up, as quantize_static wants
+        quantize_static(
+            prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            reduce_range=not full_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+        )  # fmt: skip
+
+
+def int8_onnx_images(spec: str | None, config: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(calibration batches from dataset `spec`'s training split, 64 check images (64, C, H, W) from its test split)."""
+    if not spec:
+        raise ValueError("--int8 needs calibration images: --calibrate DATASET (its training split)")
+    return calibration_batches(spec, config), torch.cat(calibration_batches(spec, config, "test", num_images=64))
+
+
+def export_onnx_int8(
+    model: nn.Module,
+    path: str | os.PathLike,
+    calibration: Sequence[torch.Tensor],
+    check_images: torch.Tensor,
+    img_size: int | tuple[int, int] | None = None,
+    opset: int = 17,
+    min_cosine: float = MIN_COSINE,
+    full_range: bool = False,
+) -> dict[str, Any]:
+    """Export `model` to an int8 (QDQ) ONNX file at `path`, calibrated on `calibration` [(B, C, H, W)], with
+    7-bit weights (portable to CPUs without VNNI) unless `full_range` (8-bit: for VNNI/AMX CPUs only).
+
+    The fp32 export is checked against PyTorch first (export_onnx); then onnxruntime runs the int8 file on
+    `check_images` (B, C, H, W), images the calibration did not see, and every image's logits must have a
+    cosine of at least `min_cosine` with PyTorch's fp32 logits before the file is put in place. Returns a
+    report: path, opset, img_size, num_images, weight_bits, logit_cosine_vs_fp32, top1_agreement_vs_fp32,
+    size_mb, fp32_size_mb.
+    """
+    ort = _onnxruntime()
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", img_size=img_size, opset=opset)
+
+        def write_and_check(out: str) -> None:
+            quantize_onnx(fp32["path"], out, calibration, full_range)
+            session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {INPUT_NAME: check_images.float().numpy()})[0])
+            with torch.inference_mode():
+                want = model(check_images.to(next(model.parameters()).device)).float().cpu()
+            report.update(logit_fidelity(want, got))
+            if not report["logit_cosine_vs_fp32"] >= min_cosine:
+                raise RuntimeError(
+                    f"the int8 ONNX export's logits have a cosine of {report['logit_cosine_vs_fp32']:.4f} < "
+                    f"{min_cosine} with fp32 on {len(check_images)} images; {path} was not written"
+                )
+
+        atomic_write(path, write_and_check)
+    return {
+        "path": str(path), "opset": opset, "img_size": fp32["img_size"], "num_images": len(check_images),
+        "weight_bits": 8 if full_range else 7, **report, "size_mb": Path(path).stat().st_size / 2**20,
+        "fp32_size_mb": fp32["size_mb"],
+    }  # fmt: skip
+
+
 def _run(args: argparse.Namespace) -> int:
     from .checkpoints.load import load
 
     model = load(args.checkpoint, **({"img_size": args.img_size} if args.img_size else {}))
+    if args.int8_full_range and not args.int8:
+        raise ValueError("--int8-full-range is an option of --int8")
     if args.int8:
-        from .quantize import export_onnx_int8, int8_onnx_images
-
-        report = export_onnx_int8(model, args.out, *int8_onnx_images(args.calibrate, model.config), opset=args.opset)
+        images = int8_onnx_images(args.calibrate, model.config)
+        report = export_onnx_int8(model, args.out, *images, opset=args.opset, full_range=args.int8_full_range)
+        weights = ("8-bit weights: for CPUs with VNNI or AMX only, less accurate elsewhere" if args.int8_full_range
+                   else "7-bit weights: as accurate on CPUs without VNNI")  # fmt: skip
         print(
-            f"wrote {report['path']} (int8, {report['size_mb']:.1f} MB, fp32 {report['fp32_size_mb']:.1f} MB); "
+            f"wrote {report['path']} (int8, {weights}; {report['size_mb']:.1f} MB, fp32 {report['fp32_size_mb']:.1f} MB); "
             f"onnxruntime int8 vs PyTorch fp32 on {report['num_images']} test images: logit cosine >= "
             f"{report['logit_cosine_vs_fp32']:.4f}, top-1 agreement {report['top1_agreement_vs_fp32']:.1%}",
             file=sys.stderr,
@@ -156,7 +229,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--int8", action="store_true", help="static int8 (QDQ) quantisation; needs --calibrate")
+    p.add_argument("--int8", action="store_true", help="static int8 (QDQ) quantisation, 7-bit weights; needs --calibrate")
+    p.add_argument("--int8-full-range", action="store_true",
+                   help="--int8 with 8-bit weights: a little closer to fp32 on CPUs with VNNI/AMX, further on others")
     p.add_argument("--calibrate", metavar="DATASET", help="--int8 calibration images: this dataset's training split")
     p.add_argument("--img-size", type=int, help="export at another resolution (position embeddings resampled)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")

@@ -1,16 +1,76 @@
-"""Numeric precision of a forward pass: fp32, or bf16/fp16 autocast (mixed precision)."""
+"""Numeric precision of a forward pass: fp32, or bf16/fp16 autocast (mixed precision); and `auto`, the
+default of every command, which picks bf16 where the hardware runs it natively and fp32 elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import itertools
-from typing import Iterable, Literal
+from dataclasses import asdict, dataclass
+from typing import Iterable, Literal, get_args
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from . import hardware
+
+Precision = Literal["fp32", "bf16", "fp16"]  # what a forward pass runs in
+Requested = Literal["auto", "fp32", "bf16", "fp16"]  # what training takes: `auto` resolves to a Precision
+InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]  # eval, predict, serve, bench
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# One training step of vit_fashion_patch7_28 (batch 128, AdamW) under ATEN_CPU_CAPABILITY=avx2
+# ONEDNN_MAX_CPU_ISA=AVX2, bf16 autocast against fp32 (benchmarks/results/cpu_kinds.json).
+EMULATED_BF16_SLOWDOWN = "about 3x"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What a run asked for (`requested`), what it runs in (`precision`: a Precision or "int8"), and why."""
+
+    requested: str
+    precision: str
+    reason: str
+    warning: str = ""
+
+    def line(self) -> str:
+        """The one line a command prints: 'precision: fp32 (auto: ...)', then the warning, if any."""
+        text = f"precision: {self.precision} ({self.requested}: {self.reason})"
+        return f"{text}\nvitkit: warning: {self.warning}" if self.warning else text
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v}
+
+
+def resolve_precision(requested: str, device: torch.device | str) -> PrecisionChoice:
+    """`requested` (auto, fp32, bf16, fp16 or int8) made concrete for `device`, with the reason.
+
+    auto is bf16 where bf16 is native (a CUDA GPU with bf16, a CPU with AVX512-BF16/AMX or aarch64's BF16),
+    else fp32. Raises a one-line ValueError for an unknown name, bf16 on a GPU without it, and int8 off a CPU
+    with VNNI/AMX; explicit bf16 on a CPU that emulates it runs, with a warning."""
+    device = torch.device(device)
+    choices = get_args(InferencePrecision)
+    if requested not in choices:
+        raise ValueError(f"unknown precision {requested!r}; expected one of {', '.join(choices)}")
+    where = "this GPU" if device.type == "cuda" else f"this CPU ({hardware.cpu().summary()})"
+    native = hardware.native_bf16(device)
+    if requested == "auto":
+        if device.type not in ("cpu", "cuda"):
+            return PrecisionChoice(requested, "fp32", f"bf16 is not checked on {device.type}")
+        return PrecisionChoice(requested, "bf16" if native else "fp32",
+                               f"bf16 is {'native' if native else 'emulated'} on {where}")  # fmt: skip
+    if requested == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"int8 inference runs on CPU only, not {device} (use --precision bf16 or auto there)")
+        if not hardware.cpu().int8:
+            raise ValueError(f"int8 inference needs {hardware.cpu().missing_int8}, which this CPU lacks "
+                             f"({hardware.cpu().summary()}); use --precision auto or fp32")  # fmt: skip
+        return PrecisionChoice(requested, "int8", f"VNNI/AMX int8 on {where}")
+    if requested == "bf16" and device.type == "cuda" and not native:
+        raise ValueError("this GPU has no native bf16 (compute capability 8.0 or later): use --precision fp16 or auto")
+    if requested == "bf16" and device.type == "cpu" and not native:
+        return PrecisionChoice(requested, "bf16", "as asked", f"bf16 is emulated on {where}, lacking "
+                               f"{hardware.cpu().missing_bf16}: expect it to run {EMULATED_BF16_SLOWDOWN} slower "
+                               "than fp32 (--precision auto picks fp32 here)")  # fmt: skip
+    return PrecisionChoice(requested, requested, "as asked")
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

@@ -43,7 +43,7 @@ from .evaluate.fewshot import extract_features, fewshot, representations
 from .files import atomic_write
 from .flops import step_flops
 from .models import get_config, resolve_name
-from .precision import Precision
+from .precision import Requested
 from .study_analysis import METRICS, analyse
 from .study_plots import plot_accuracy_vs_flops, plot_accuracy_vs_size
 from .train import NonFiniteLoss, fit, get_recipe, make_config
@@ -132,7 +132,7 @@ class Plan:
     images_seen: int
     seeds: list[int]  # per size
     holdout: float
-    precision: Precision
+    precision: Requested  # auto: each run's choice is in its config.yaml
     recipe_overrides: dict[str, Any]
     evaluations: int  # held-out evaluations (and checkpoints) per run
     epochs_of_largest: float | None = None  # how images_seen was set, if it was
@@ -175,8 +175,8 @@ def _check(plan: Plan, data: DataSource) -> None:
         raise ValueError(f"patience counts held-out evaluations: give it >= 1 and a holdout, got {plan.patience}")
     if not 0 <= plan.holdout < 1:
         raise ValueError(f"holdout is a fraction of each subset, in [0, 1), got {plan.holdout}")
-    if plan.precision not in get_args(Precision):
-        raise ValueError(f"precision must be one of {get_args(Precision)}, got {plan.precision!r}")
+    if plan.precision not in get_args(Requested):
+        raise ValueError(f"precision must be one of {', '.join(get_args(Requested))}, got {plan.precision!r}")
     if plan.evaluations < 1:
         raise ValueError(f"evaluations must be positive, got {plan.evaluations}")
     if not plan.sizes or len(plan.seeds) != len(plan.sizes) or min(plan.seeds) < 1:
@@ -406,7 +406,7 @@ def data_scale(
     seeds: int | Sequence[int],
     out: str | Path,
     holdout: float = 0.1,
-    precision: Precision = "fp32",
+    precision: Requested = "auto",
     recipe_overrides: dict[str, Any] | None = None,
     data_root: str | None = None,
     device: str | None = None,

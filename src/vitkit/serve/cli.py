@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
+
+from ..hardware import default_device
+from ..precision import resolve_precision
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,9 +20,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
         raise ValueError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-upload-mb > 0")
+    device = args.device or default_device(args.precision)
+    choice = resolve_precision(args.precision, device)
+    print(choice.line(), file=sys.stderr)
     app = app_from_checkpoint(
-        args.checkpoint, args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        precision=args.precision, calibrate=args.calibrate, api_key=args.api_key,
+        args.checkpoint, device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        precision=choice.precision, calibrate=args.calibrate, api_key=args.api_key,
         max_upload_bytes=int(args.max_upload_mb * MB),
     )  # fmt: skip
     # uvicorn shuts down gracefully on SIGTERM or Ctrl-C (in-flight requests finish, then the batchers
@@ -39,9 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "int8"],
-        default="fp32",
-        help="int8: CPU only, quantised at start (docs/int8.md)",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="auto: bf16 where native, else fp32; int8: CPU only, quantised at start (docs/int8.md)",
     )
     p.add_argument(
         "--calibrate",

@@ -16,7 +16,7 @@ from ..data import DataSource, dataset_defaults
 from ..models import get_config
 from ..models.config import check_fields
 from ..models.posembed import ResampleMethod
-from ..precision import Precision
+from ..precision import Requested
 from . import distributed
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
 
@@ -38,7 +38,8 @@ class TrainConfig:
     pos_method: ResampleMethod | None = option(None, "position-embedding resampling for init_from")
     out: str | None = option(None, "run directory (default: runs/<data>-<model>-<time>)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
-    precision: Precision = option("fp32", "fp32, or bf16/fp16 autocast")
+    precision: Requested = option("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32, or "
+                                          "bf16/fp16 autocast")
     compile: bool = option(False, "torch.compile the model")
     fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
                                "(FSDP) instead of copying them to each (DDP)")
@@ -88,8 +89,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.patience is not None and not self.holdout:
             raise ValueError("patience stops on the held-out score: give --holdout too")
-        if self.precision not in get_args(Precision):
-            raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
+        if self.precision not in get_args(Requested):
+            raise ValueError(f"precision must be one of {', '.join(get_args(Requested))}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

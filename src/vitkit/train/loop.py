@@ -31,7 +31,7 @@ from ..data import DataSource, batch_mix, load_data, mix_seed
 from ..data.streaming import first
 from ..evaluate import Evaluation, evaluate
 from ..evaluate.predict import CLASSES_KEY
-from ..precision import autocast
+from ..precision import autocast, resolve_precision
 from . import distributed
 from .config import TrainConfig, resolve, write_run_config
 from .ema import ModelEMA
@@ -39,7 +39,7 @@ from .device_feed import eval_batches
 from .feed import build_feed, held_out, micro_batches
 from .graphs import GraphStep, graphs_allowed
 from .model_setup import placed_model
-from .optim import build_optimizer
+from .optim import build_optimizer, muon_dtype
 from .recipes import Recipe
 from .resume import checkpoints, newest_checkpoint, restore, saved_workers, write_checkpoint
 from .runlog import RunLog
@@ -271,6 +271,8 @@ class _Run:
 
 def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     """Everything before the first step: data, model, optimiser, the resumed state; writes config.yaml."""
+    requested, choice = cfg, resolve_precision(cfg.precision, procs.device)
+    cfg = dataclasses.replace(cfg, precision=choice.precision)  # config.yaml keeps what was asked ("auto")
     data, eval_name = held_out(cfg, load_data(cfg.data, cfg.data_root))
     recipe, out = cfg.recipe, Path(cfg.out)
     if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
@@ -291,6 +293,7 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     test_loader = eval_batches(first(data.split("test"), cfg.limit_eval), model.config.data_config, data.channels,
                                procs.device, feed.augmentation == "device", feed.workers)  # fmt: skip
     if procs.is_main:
+        print(choice.line(), file=sys.stderr)  # the first line of a run that starts
         print(f"feed: {feed.augmentation} ({feed.reason}); CUDA graphs: {'on' if graphs else 'off'} ({graphs_why})",
               file=sys.stderr)  # fmt: skip
     run = _Run(
@@ -303,7 +306,8 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
     )  # fmt: skip
     _resume(run)
     if procs.is_main:
-        write_run_config(cfg, model, data, {"derived": {
+        write_run_config(requested, model, data, {"derived": {
+            "precision": choice.to_dict(), "muon_newton_schulz": muon_dtype(run.optimizer),
             "total_steps": run.total_steps, "steps_per_epoch": feed.steps_per_epoch, "accumulation": accum,
             "micro_batch": micro, "world_size": procs.world_size, "workers": feed.workers,
             "augmentation": feed.augmentation, "train_images": feed.images, "eval_images": len(test_loader.dataset),

@@ -6,15 +6,22 @@ steps the Transformer's matrices (qkv, proj, fc1, fc2) with Muon and everything 
 embedding, the head, biases, norms, position embeddings; all of a BiT ResNet, which has no such
 matrices) with AdamW, at the same learning rate and weight decay: Muon's update is scaled to AdamW's
 RMS ("match_rms_adamw", Liu et al. 2025).
+
+torch.optim.Muon always runs the Newton-Schulz iterations in bf16: fast where bf16 is native, and on a
+CPU that emulates bf16 (AVX2 without AVX512-BF16) 20-40x slower than fp32, which made Muon, not the
+model, the cost of a training step there. vitkit's `Muon` is torch's with the same state, coefficients
+and update, and the orthogonalisation in bf16 only where `vitkit.hardware` says bf16 is native.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import hardware
 from .recipes import Recipe
 
 # Like big_vision, decay only weight matrices and kernels: not biases, norms, or the learned embeddings.
@@ -37,6 +44,74 @@ def param_groups(model: nn.Module, weight_decay: float, skip: set[str] = frozens
         if p.requires_grad and name not in skip:
             (decay if _decays(name, p) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def newton_schulz(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """The approximate orthogonal (polar) factor U V^T of the matrix g = U S V^T (A, B), in `dtype`: torch.optim.Muon's
+    quintic Newton-Schulz iteration (Jordan et al. 2024), whose singular values land in about [0.7, 1.2]."""
+    a, b, c = coefficients
+    x = g.to(dtype, copy=True)
+    if g.size(0) > g.size(1):
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+
+# torch.optim.Muon's learning-rate scaling per matrix shape (A, B): the names its `adjust_lr_fn` takes
+_LR_SCALES = {
+    None: lambda a, b: math.sqrt(max(1, a / b)),
+    "original": lambda a, b: math.sqrt(max(1, a / b)),
+    "match_rms_adamw": lambda a, b: 0.2 * math.sqrt(max(a, b)),
+    "spectral_unclamped": lambda a, b: math.sqrt(a / b),
+}
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton-Schulz iterations in `ns_dtype` (default: bf16 where the parameters'
+    device runs bf16 natively, else fp32). With ns_dtype=torch.bfloat16 its steps equal torch's bit for bit;
+    its state dict is torch's, so either loads the other's."""
+
+    def __init__(self, params: Any, ns_dtype: torch.dtype | None = None, **options: Any) -> None:
+        super().__init__(params, **options)
+        if ns_dtype is None:
+            device = next(p.device for g in self.param_groups for p in g["params"])
+            ns_dtype = torch.bfloat16 if hardware.native_bf16(device) else torch.float32
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr = float(group["lr"])
+            scale = _LR_SCALES[group["adjust_lr_fn"]]
+            for p in (p for p in group["params"] if p.grad is not None):
+                if torch.is_complex(p):
+                    raise ValueError("Muon does not support complex parameters")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * scale(*p.shape[:2]))
+        return loss
+
+
+def muon_dtype(optimizer: Any) -> str | None:
+    """The precision of Muon's orthogonalisation in `optimizer` ("bf16", "fp32"), None without Muon."""
+    parts = optimizer.optimizers if isinstance(optimizer, Composite) else (optimizer,)
+    dtype = next((o.ns_dtype for o in parts if isinstance(o, Muon)), None)
+    return None if dtype is None else {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
 
 
 class Composite:
@@ -76,6 +151,6 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer |
     adamw = torch.optim.AdamW(rest, lr=recipe.lr, betas=recipe.betas)
     if not matrices:
         return adamw
-    muon = torch.optim.Muon(list(matrices.values()), lr=recipe.lr, weight_decay=recipe.weight_decay,
+    muon = Muon(list(matrices.values()), lr=recipe.lr, weight_decay=recipe.weight_decay,
                             momentum=recipe.momentum, adjust_lr_fn="match_rms_adamw")  # fmt: skip
     return Composite(muon, adamw)
