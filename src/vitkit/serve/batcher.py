@@ -88,6 +88,11 @@ class Batcher:
         """Images waiting in the queue (not those computing)."""
         return len(self._queue)
 
+    def check_room(self, n: int) -> None:
+        """Raise QueueFull unless `n` more images fit in the queue (an empty queue takes any number)."""
+        if self.max_queue is not None and self._queue and len(self._queue) + n > self.max_queue:
+            raise QueueFull(f"the queue is full ({len(self._queue)} images waiting, --max-queue {self.max_queue})")
+
     def start(self, executor: Executor) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(executor))
 
@@ -108,8 +113,7 @@ class Batcher:
         longer than `timeout_s`; cancelling the call drops its images that have not started."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
-        if self.max_queue is not None and self._queue and len(self._queue) + len(images) > self.max_queue:
-            raise QueueFull(f"the queue is full ({len(self._queue)} images waiting, --max-queue {self.max_queue})")
+        self.check_room(len(images))
         loop = asyncio.get_running_loop()
         items = [_Item(image, loop.create_future()) for image in images]
         self._queue.extend(items)

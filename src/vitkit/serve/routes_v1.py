@@ -49,6 +49,7 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
         upload = await read_upload(request, served.max_images)
+        served.admit(kind, len(upload.images))
         images = await served.decode_async(upload.images)
         if not upload.batch and isinstance(images[0], str):
             raise HTTPException(400, images[0])

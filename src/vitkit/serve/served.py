@@ -59,6 +59,18 @@ class Served:
     async def decode_async(self, images: list[bytes | str]) -> list[torch.Tensor | str]:
         return await run_in_threadpool(self.decode, images)
 
+    def admit(self, kind: str, n: int) -> None:
+        """Refuse at once (503) a request of `n` images that the queue has no room for, before its images
+        are decoded: under overload the refusals stay cheap."""
+        try:
+            self.batchers[kind].check_room(n)
+        except QueueFull as e:
+            raise self._refused(e) from None
+
+    def _refused(self, e: QueueFull) -> HTTPException:
+        self.metrics.rejected.inc()
+        return HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
+
     async def compute(self, request: Request, kind: str, images: list[torch.Tensor]) -> list[Row]:
         """images: each (C, H, W) -> their rows of batcher `kind`'s output, in order, once the request's
         body has been read."""
@@ -75,8 +87,7 @@ class Served:
         try:
             return work.result()
         except QueueFull as e:
-            self.metrics.rejected.inc()
-            raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise self._refused(e) from None
         except QueueTimeout as e:
             self.metrics.timed_out.inc()
             raise HTTPException(504, str(e)) from None
