@@ -31,7 +31,7 @@ CLASSES = [f"class {i}" for i in range(10)]
 MB = 1 << 20
 
 
-def _noisy_test_model() -> torch.nn.Module:
+def noisy_test_model() -> torch.nn.Module:
     model = create_model("vit_test_patch4_16").eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -81,7 +81,7 @@ def _decode_data_uri(uri: str) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    return _noisy_test_model()
+    return noisy_test_model()
 
 
 @pytest.fixture(scope="module")
@@ -424,7 +424,7 @@ def test_int8_serving_is_calibrated_on_the_checkpoints_data_and_follows_fp32(fas
 
 def test_int8_serving_without_calibration_images_is_a_one_line_error(tmp_path):
     path = tmp_path / "no-dataset.safetensors"
-    save(_noisy_test_model(), path)  # no training dataset recorded
+    save(noisy_test_model(), path)  # no training dataset recorded
     with pytest.raises(ValueError, match=r"--calibrate DATASET") as e:
         app_from_checkpoint(path, "cpu", precision="int8")
     assert "\n" not in str(e.value)

@@ -18,8 +18,8 @@ import torch
 from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.testclient import TestClient
+from test_serve import noisy_test_model
 
-from vitkit import create_model
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
 from vitkit.serve.app import create_app
@@ -38,17 +38,12 @@ def _png(seed: int, size: int = 24) -> bytes:
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model("vit_test_patch4_16").eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return noisy_test_model()
 
 
 class Held(torch.nn.Module):
-    """The model, whose forward passes on real images wait until `release` is set; it records the batch
-    sizes it saw, zero images (the warm-up) and real ones apart."""
+    """The model without `attention_maps` (one batcher: predict), whose forward passes on real images wait
+    until `release` is set; it records the batch sizes it saw, zero images (the warm-up) and real ones apart."""
 
     def __init__(self, inner: torch.nn.Module, hold_warm_up: bool = False) -> None:
         super().__init__()
@@ -122,7 +117,7 @@ def test_a_json_batch_gives_each_bad_image_its_own_error_and_answers_the_rest(mo
 
 def test_a_full_queue_is_a_503_with_retry_after_at_once_and_the_queued_are_answered(model):
     """max_batch 1, max_queue 2: one image computes (held), two wait, the fourth request is refused."""
-    held = Held(NoExplain(model))
+    held = Held(model)
     app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, max_queue=2)
 
     async def work(c: httpx.AsyncClient) -> tuple[list[httpx.Response], httpx.Response, str]:
@@ -144,7 +139,7 @@ def test_a_full_queue_is_a_503_with_retry_after_at_once_and_the_queued_are_answe
 
 
 def test_an_image_queued_past_the_timeout_is_a_504_and_is_never_computed(model):
-    held = Held(NoExplain(model))
+    held = Held(model)
     app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, timeout_ms=300)
 
     async def work(c: httpx.AsyncClient) -> tuple[int, int, str]:
@@ -162,7 +157,7 @@ def test_an_image_queued_past_the_timeout_is_a_504_and_is_never_computed(model):
 
 def test_a_client_that_disconnects_while_queued_is_dropped_without_computing(model):
     """Driven at the ASGI level: the second client's connection closes while its image waits."""
-    held = Held(NoExplain(model))
+    held = Held(model)
     app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0)
 
     async def request(body: bytes, gone: asyncio.Event) -> list[dict]:
@@ -203,17 +198,6 @@ def test_a_client_that_disconnects_while_queued_is_dropped_without_computing(mod
     assert first[0]["status"] == 200 and gone[0]["status"] == 499
     assert held.real_sizes == [1]  # the second image was dropped, not computed
     assert 'vitkit_requests_total{path="/v1/predict",status="499"} 1.0' in metrics
-
-
-class NoExplain(torch.nn.Module):
-    """The model without `attention_maps`: one batcher (predict) to hold."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner, self.config = inner, inner.config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
 
 
 def _served_metrics(app) -> str:
