@@ -206,7 +206,10 @@ def _served_metrics(app) -> str:
     return route.endpoint().body.decode()
 
 
-def test_the_batcher_pads_each_batch_to_a_warmed_up_size_and_hands_out_real_rows_only():
+@pytest.mark.parametrize("images, batches", [(5, [8]), (27, [24, 4]), (32, [32])])
+def test_each_batch_is_cut_or_padded_to_a_warmed_up_size_and_callers_get_their_own_rows(images, batches):
+    """Sizes 1, 2, 4, 8, 16, 24, 32: 5 images are padded to 8; of 27, 24 run and the other 3 (padded to 4)
+    go into the next batch."""
     seen: list[int] = []
 
     def fn(x: torch.Tensor) -> torch.Tensor:  # (B, 1, 1, 1) -> (B,)
@@ -214,15 +217,15 @@ def test_the_batcher_pads_each_batch_to_a_warmed_up_size_and_hands_out_real_rows
         return x.flatten() * 10
 
     async def work() -> list[torch.Tensor]:
-        batcher = Batcher(fn, max_batch=8, max_wait_ms=100)
+        batcher = Batcher(fn, max_batch=32, max_wait_ms=100)
         with ThreadPoolExecutor(max_workers=1) as executor:
             batcher.start(executor)
-            rows = await batcher.submit_many([torch.full((1, 1, 1), float(i)) for i in range(1, 6)])
+            rows = await batcher.submit_many([torch.full((1, 1, 1), float(i)) for i in range(images)])
             await batcher.stop()
         return rows
 
-    assert [float(r) for r in asyncio.run(work())] == [10.0, 20.0, 30.0, 40.0, 50.0]
-    assert seen == [8] and Batcher(fn, max_batch=24).sizes == [1, 2, 4, 8, 16, 24]
+    assert [float(r) for r in asyncio.run(work())] == [10.0 * i for i in range(images)]
+    assert seen == batches and Batcher(fn, max_batch=32).sizes == [1, 2, 4, 8, 16, 24, 32]
 
 
 # --- readiness --------------------------------------------------------------------------------------------

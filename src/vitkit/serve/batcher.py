@@ -1,10 +1,11 @@
 """Dynamic batching with backpressure: images from concurrent requests share one forward pass.
 
 Callers `await batcher.submit_many(images)`; a worker task takes the first waiting image, gathers more
-until `max_batch` are waiting or `max_wait_ms` has passed, pads the stack to the next of a few fixed batch
-sizes (`batch_sizes`: powers of two and `max_batch`, the shapes the server warms up), runs the model on it
-in a worker thread (so the event loop keeps answering other requests), and hands each caller its own row.
-While one batch computes, the next one fills up.
+until `max_batch` are waiting or `max_wait_ms` has passed, brings the batch to one of a few fixed sizes
+(`batch_sizes`: 1, 2, 4, multiples of 8 and `max_batch`, the shapes the server warms up) by cutting a batch
+over 8 down to the size below it (the rest go first into the next batch) or padding a smaller one with at
+most 3 zero images, runs the model on it in a worker thread (so the event loop keeps answering other
+requests), and hands each caller its own row. While one batch computes, the next one fills up.
 
 Backpressure, as Ray Serve's `max_queued_requests` and Triton's queue policy do it: a request whose
 images would take the queue past `max_queue` is refused at once (`QueueFull`, the server's 503); an image
@@ -38,8 +39,10 @@ class QueueTimeout(Exception):
 
 
 def batch_sizes(max_batch: int) -> list[int]:
-    """The padded batch sizes: 1, 2, 4, ... below max_batch, then max_batch (32 -> [1, 2, 4, 8, 16, 32])."""
-    return [2**i for i in range(max_batch.bit_length()) if 2**i < max_batch] + [max_batch]
+    """The padded batch sizes: 1, 2, 4, 8, then multiples of 8, then max_batch (32 -> [1, 2, 4, 8, 16, 24, 32]).
+    The warm-up runs each size once."""
+    sizes = [s for s in (1, 2, 4) if s < max_batch] + list(range(8, max_batch, 8))
+    return sizes + [max_batch]
 
 
 @dataclass(eq=False)
@@ -161,11 +164,17 @@ class Batcher:
             except asyncio.TimeoutError:
                 break
         batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        batch = [item for item in batch if not item.future.done()]  # callers gone or timed out
+        fits = max((size for size in self.sizes if size <= len(batch)), default=0)
+        if fits >= 8:  # a big batch is cut to a padded size: the rest goes first into the next batch
+            self._queue.extendleft(reversed(batch[fits:]))
+            batch = batch[:fits]
         self._depth_changed()
         return batch
 
     def _pad(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """(B, C, H, W), B padded with zero images to the next padded batch size."""
+        """(B, C, H, W), B padded with zero images to the next padded batch size (at most 3 of them: a batch
+        over 8 was cut to a padded size)."""
         size = next(s for s in self.sizes if s >= len(images))
         return torch.stack(images + [torch.zeros_like(images[0])] * (size - len(images)))
 
@@ -173,7 +182,6 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
-            batch = [item for item in batch if not item.future.done()]  # callers gone or timed out
             if not batch:
                 self._check_idle()
                 continue
