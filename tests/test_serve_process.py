@@ -58,8 +58,12 @@ def serving(checkpoint: Path, log: Path, *options: str) -> Iterator[tuple[subpro
         yield process, url
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # SIGTERM: the supervisor of --workers N stops its workers too
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(fashion_checkpoint, fashion_pngs, tmp_path):
@@ -93,6 +97,29 @@ def test_sigterm_drains_every_worker_then_exits_0(fashion_checkpoint, fashion_pn
     assert answers and answers[0].status_code == 200 and answers[0].json()["topk"]
     assert code == 0, log.read_text()
     assert log.read_text().count("Finished server process") == 2, log.read_text()
+
+
+ORPHAN = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import os, time; from vitkit.serve.workers import "
+                           "exit_with_supervisor; exit_with_supervisor(os.getppid()); print('armed', flush=True); "
+                           "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+print(worker.pid, worker.stdout.readline().strip(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_worker_exits_when_its_supervisor_is_killed():
+    """SIGKILL gives a supervisor no chance to stop its workers: the kernel's parent-death signal does."""
+    supervisor = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, text=True)
+    worker, armed = supervisor.stdout.readline().split()
+    assert armed == "armed"
+    supervisor.kill()
+    supervisor.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the worker outlived its supervisor"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

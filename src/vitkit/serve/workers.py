@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ def run_workers(app_options: dict[str, Any], workers: int, threads: int, **uvico
         (Path(tmp) / "metrics").mkdir()
         (Path(tmp) / "ready").mkdir()
         os.environ[MULTIPROC_ENV] = str(Path(tmp) / "metrics")
-        spec = {"app": app_options, "threads": threads, "workers": workers, "ready_dir": str(Path(tmp) / "ready")}
+        spec = {"app": app_options, "threads": threads, "workers": workers, "ready_dir": str(Path(tmp) / "ready"),
+                "supervisor": os.getpid()}  # fmt: skip
         os.environ[SPEC_ENV] = json.dumps(spec)
         # The health check of a busy worker can wait behind its forward passes on a small machine: give it
         # time rather than have the supervisor kill a working worker (uvicorn's default is 5 s).
@@ -55,6 +58,20 @@ def worker_app() -> Any:
     from .readiness import Readiness
 
     spec = json.loads(os.environ[SPEC_ENV])
+    exit_with_supervisor(spec["supervisor"])
     torch.set_num_threads(spec["threads"])
     readiness = Readiness(spec["ready_dir"], spec["workers"])
     return app_from_checkpoint(**spec["app"], readiness=readiness)
+
+
+def exit_with_supervisor(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM when its supervisor dies (Linux's PR_SET_PDEATHSIG): a
+    supervisor killed with SIGKILL cannot pass the signal on, and its workers would serve on as orphans."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
