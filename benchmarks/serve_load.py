@@ -99,27 +99,18 @@ def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: flo
         probs = probabilities(model, torch.stack([transform(open_image(io.BytesIO(b), name="x")) for b in chunk]))
         probs.cpu()
 
-    rates = {}
-    for threads in sorted({1, torch.get_num_threads()}):  # on a shared machine 1 thread can be the faster
-        with _threads(threads):
-            batch(0)  # warm-up
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < duration or done == 0:
-                batch(done)
-                done += max_batch
-            rates[threads] = done / (time.perf_counter() - start)
+    rates, default = {}, torch.get_num_threads()
+    for threads in sorted({1, default}):  # on a shared machine one thread can be the faster
+        torch.set_num_threads(threads)
+        batch(0)  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < duration or done == 0:
+            batch(done)
+            done += max_batch
+        rates[threads] = done / (time.perf_counter() - start)
+    torch.set_num_threads(default)
     print(f"  in-process images/s by torch threads: {rates}", file=sys.stderr)
     return max(rates.values())
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _free_port() -> int:
