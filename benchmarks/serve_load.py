@@ -1,17 +1,21 @@
-"""Load on `vitkit serve`: closed-loop clients on loopback against a real server process, per model and
-concurrency level; throughput, p50/p99 latency, errors and the server's peak RSS, against the ceiling of
-in-process batched inference (the same decoding and preprocessing, batches of --max-batch, no HTTP).
+"""Load on `vitkit serve`: closed-loop clients on loopback against a real server process, per model, worker
+count, images per request and concurrency level; requests/s, images/s, p50/p99 latency, 503s, 504s,
+other errors and each worker's peak RSS, against the ceiling of in-process batched inference (the same
+decoding and preprocessing, batches of --max-batch, no HTTP). Then two checks: --max-queue 64 at 512
+clients (every answer a 200 or a 503), and an overload soak (the server still ready, RSS flat).
 
-    .venv/bin/python benchmarks/serve_load.py [--duration 30] [--clients 1 8 32 128]
-        [--fashion-checkpoint runs/quickstart/model.safetensors] [--device cpu]
+    .venv/bin/python benchmarks/serve_load.py [--duration 30] [--clients 1 8 32 128 512] [--workers 1 2]
+        [--images-per-request 1 16] [--soak 300] [--fashion-checkpoint runs/quickstart/model.safetensors]
 
 Models: the Fashion-MNIST ViT (vit_fashion_patch4_28; the given checkpoint, else random weights: speed
 does not depend on them) on Fashion-MNIST test images, and vit_small_patch16_224 (random weights) on
-photographs. The clients are wrk (Debian's `wrk`, a C load generator; `--client wrk`, the default where it
-is installed), or asyncio + httpx in this process (`--client httpx`). On a small machine the clients share
-the server's cores: httpx's clients cost milliseconds of CPU a request and, at 128 connections on 2 cores,
-saturated a core themselves while the server idled (57 requests/s, against 292 with wrk), so its figures
-are a floor. Writes benchmarks/results/serve_load.json and prints a table.
+photographs. A request of k images is a multipart body of k `file` fields. The clients are wrk (Debian's
+`wrk`, a C load generator; `--client wrk`, the default where it is installed), or asyncio + httpx in this
+process (`--client httpx`, single images only). On a small machine the clients share the server's cores:
+httpx's clients cost milliseconds of CPU a request and, at 128 connections on 2 cores, saturated a core
+themselves while the server idled (57 requests/s, against 292 with wrk), so its figures are a floor. wrk's
+latency percentiles are over every answer, 503s included. Writes benchmarks/results/serve_load.json (or
+--out) and prints a table.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -84,7 +89,8 @@ def write_checkpoint(name: str, directory: Path, source: str | None) -> Path:
 
 @torch.inference_mode()
 def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: float, device: str) -> float:
-    """Images per second of in-process batched inference: decode, preprocess, forward, max_batch at a time."""
+    """Images per second of in-process batched inference: decode, preprocess, forward, max_batch at a time;
+    the better of torch's default threads and one thread."""
     model = vitkit.load(checkpoint).to(device).eval()
     transform = image_transform(model.config)
 
@@ -93,12 +99,18 @@ def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: flo
         probs = probabilities(model, torch.stack([transform(open_image(io.BytesIO(b), name="x")) for b in chunk]))
         probs.cpu()
 
-    batch(0)  # warm-up
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < duration or done == 0:
-        batch(done)
-        done += max_batch
-    return done / (time.perf_counter() - start)
+    rates, default = {}, torch.get_num_threads()
+    for threads in sorted({1, default}):  # on a shared machine one thread can be the faster
+        torch.set_num_threads(threads)
+        batch(0)  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < duration or done == 0:
+            batch(done)
+            done += max_batch
+        rates[threads] = done / (time.perf_counter() - start)
+    torch.set_num_threads(default)
+    print(f"  in-process images/s by torch threads: {rates}", file=sys.stderr)
+    return max(rates.values())
 
 
 def _free_port() -> int:
@@ -108,75 +120,122 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(checkpoint: Path, max_batch: int, max_wait_ms: float, device: str) -> Iterator[tuple[int, str]]:
-    """A `vitkit serve` process on loopback: (its pid, its URL)."""
+def server(checkpoint: Path, args: argparse.Namespace, workers: int, *options: str) -> Iterator[tuple[int, str]]:
+    """A `vitkit serve` process on loopback, once /readyz answers 200: (its pid, its URL)."""
     port = _free_port()
     command = [sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--device", device,
-               "--log-level", "warning"]  # fmt: skip
+               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", args.device,
+               "--workers", str(workers), "--log-level", "warning", *options]  # fmt: skip
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        for _ in range(1500):
             if process.poll() is not None:
                 raise RuntimeError(f"vitkit serve exited with {process.returncode}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             time.sleep(0.2)
         yield process.pid, url
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        process.wait(timeout=120)
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set so far (VmHWM), in MiB."""
+def _status(pid: int, key: str) -> float:
+    """/proc/PID/status's `key` (VmHWM: peak resident set, VmRSS: resident set now), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    raise RuntimeError(f"no {key} for pid {pid}")
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The processes that serve: the server itself, or with --workers N > 1 uvicorn's spawned workers."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
+               and "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]  # fmt: skip
+    return workers or [pid]
+
+
+def memory(pid: int) -> dict:
+    workers = worker_pids(pid)
+    return {"peak_rss_mb_per_worker": [round(_status(w, "VmHWM")) for w in workers],
+            "rss_mb_per_worker": [round(_status(w, "VmRSS")) for w in workers]}  # fmt: skip
+
+
+def multipart(images: list[bytes], boundary: str = "vitkit-load-boundary") -> bytes:
+    """A multipart/form-data body with each image in a `file` field."""
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n"
+             for i, image in enumerate(images)]  # fmt: skip
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def bodies(images: list[bytes], per_request: int) -> tuple[list[bytes], str]:
+    """Request bodies of `per_request` images each, and their content type."""
+    if per_request == 1:
+        return images, "application/octet-stream"
+    rng = random.Random(per_request)
+    batches = [multipart([rng.choice(images) for _ in range(per_request)]) for _ in range(32)]
+    return batches, "multipart/form-data; boundary=vitkit-load-boundary"
+
+
+def _summary(clients: int, statuses: dict[int, int], broken: int, seconds: float, p50: float, p99: float) -> dict:
+    ok = statuses.get(200, 0)
+    return {"clients": clients, "requests": ok, "status_503": statuses.get(503, 0),
+            "status_504": statuses.get(504, 0), "errors": broken + sum(n for s, n in statuses.items()
+                                                                       if s not in (200, 503, 504)),
+            "seconds": seconds, "requests_per_s": ok / seconds, "p50_ms": p50, "p99_ms": p99}  # fmt: skip
 
 
 async def load_level(url: str, images: list[bytes], clients: int, duration: float) -> dict:
     """`clients` closed-loop clients, each posting a random image as soon as its last answer came."""
     latencies: list[float] = []
-    errors = 0
+    statuses: dict[int, int] = {}
+    broken = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
         end = time.perf_counter() + duration
 
         async def client(seed: int) -> None:
-            nonlocal errors
+            nonlocal broken
             rng = random.Random(seed)
             while time.perf_counter() < end:
                 start = time.perf_counter()
                 try:
-                    r = await c.post("/v1/predict", content=rng.choice(images))
-                    ok = r.status_code == 200
+                    status = (await c.post("/v1/predict", content=rng.choice(images))).status_code
                 except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                errors += not ok
+                    broken += 1
+                    continue
+                statuses[status] = statuses.get(status, 0) + 1
+                latencies.append(time.perf_counter() - start)
 
         start = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(clients)))
         elapsed = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": elapsed,
-            "throughput": len(latencies) / elapsed, "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3}  # fmt: skip
+    return _summary(clients, statuses, broken, elapsed, q[49] * 1e3, q[98] * 1e3)
 
 
-# wrk posts the images in turn, one body per request (Lua reads them from the files it is given).
+# wrk posts the bodies in turn (Lua reads them from the files it is given) and counts the answers by status.
 WRK_SCRIPT = """
-local bodies, n = {}, 0
+local bodies, n, threads = {}, 0, {}
 for path in string.gmatch(os.getenv("WRK_BODIES"), "[^:]+") do
   local f = io.open(path, "rb"); bodies[#bodies + 1] = f:read("*all"); f:close()
 end
+local content_type = os.getenv("WRK_CONTENT_TYPE")
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) statuses = {} end
 request = function()
   n = n % #bodies + 1
-  return wrk.format("POST", "/v1/predict", {["Content-Type"] = "application/octet-stream"}, bodies[n])
+  return wrk.format("POST", "/v1/predict", {["Content-Type"] = content_type}, bodies[n])
+end
+response = function(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+done = function(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do io.write(string.format("status %d %d\\n", status, count)) end
+  end
 end
 """
 
@@ -186,59 +245,93 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk_level(url: str, images: list[bytes], clients: int, duration: float) -> dict:
-    """`clients` connections of wrk, each posting the next image as soon as its last answer came."""
+def wrk_level(url: str, payloads: list[bytes], content_type: str, clients: int, duration: float) -> dict:
+    """`clients` connections of wrk, each posting the next body as soon as its last answer came."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [Path(tmp) / f"{i}.img" for i in range(len(images))]
-        for path, data in zip(paths, images):
+        paths = [Path(tmp) / f"{i}.body" for i in range(len(payloads))]
+        for path, data in zip(paths, payloads):
             path.write_bytes(data)
         (Path(tmp) / "post.lua").write_text(WRK_SCRIPT)
         command = ["wrk", "-t1", f"-c{clients}", f"-d{duration:g}s", "--timeout", "60s", "--latency",
                    "-s", str(Path(tmp) / "post.lua"), url]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=True,
-                             env={"WRK_BODIES": ":".join(map(str, paths))}).stdout  # fmt: skip
+        env = {"WRK_BODIES": ":".join(map(str, paths)), "WRK_CONTENT_TYPE": content_type}
+        out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     seconds = float(done.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
-    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    statuses = {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
     broken = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(failed.group(1)) if failed else 0) + (sum(map(int, broken.groups())) if broken else 0)
-    requests = int(done.group(1)) - errors
-    return {"clients": clients, "requests": requests, "errors": errors, "seconds": seconds,
-            "throughput": requests / seconds, "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),
-            "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1))}  # fmt: skip
+    latency = [_ms(re.search(rf"^\s+{q}%\s+(\S+)\s*$", out, re.M).group(1)) for q in (50, 99)]
+    return _summary(clients, statuses, sum(map(int, broken.groups())) if broken else 0, seconds, *latency)
+
+
+def run_level(url: str, images: list[bytes], per_request: int, clients: int, duration: float, client: str) -> dict:
+    if client == "httpx":
+        if per_request != 1:
+            raise SystemExit("--client httpx sends single images only: use wrk for --images-per-request > 1")
+        level = asyncio.run(load_level(url, images, clients, duration))
+    else:
+        level = wrk_level(url + "/v1/predict", *bodies(images, per_request), clients, duration)
+    level.update(images_per_request=per_request, images_per_s=level["requests_per_s"] * per_request)
+    return level
 
 
 def measure(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace) -> dict:
     top = ceiling(checkpoint, images, args.max_batch, args.duration, args.device)
     print(f"{name}: in-process ceiling {top:.0f} images/s", file=sys.stderr)
     levels = []
-    with server(checkpoint, args.max_batch, args.max_wait_ms, args.device) as (pid, url):
-        asyncio.run(load_level(url, images, 4, min(2.0, args.duration)))  # warm-up
-        for clients in args.clients:
-            level = (wrk_level(url + "/v1/predict", images, clients, args.duration) if args.client == "wrk" else
-                     asyncio.run(load_level(url, images, clients, args.duration)))  # fmt: skip
-            level.update(peak_rss_mb=peak_rss_mb(pid), of_ceiling=level["throughput"] / top)
-            levels.append(level)
-            print(f"  {clients:>4} clients: {level['throughput']:.0f}/s, {level['of_ceiling']:.0%} of the ceiling",
-                  file=sys.stderr)  # fmt: skip
+    for workers in args.workers:
+        with server(checkpoint, args, workers) as (pid, url):
+            run_level(url, images, 1, 4, min(2.0, args.duration), args.client)  # warm-up
+            for per_request in args.images_per_request:
+                for clients in args.clients:
+                    level = run_level(url, images, per_request, clients, args.duration, args.client)
+                    level.update(workers=workers, of_ceiling=level["images_per_s"] / top, **memory(pid))
+                    levels.append(level)
+                    print(f"  {workers} worker(s), {per_request} image(s)/request, {clients:>3} clients: "
+                          f"{level['images_per_s']:.0f} images/s, {level['of_ceiling']:.0%} of the ceiling, "
+                          f"{level['status_503']} 503s", file=sys.stderr)  # fmt: skip
     return {"model": name, "ceiling_images_per_s": top, "levels": levels}
 
 
+def overload(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, seconds: float,
+             max_queue: int | None, reference: float | None = None) -> dict:  # fmt: skip
+    """512 single-image clients for `seconds` against the best-suited server (args.workers[-1] workers):
+    the statuses, latency, RSS before and after, and whether it is still ready."""
+    options = ("--max-queue", str(max_queue)) if max_queue else ()
+    with server(checkpoint, args, args.workers[-1], *options) as (pid, url):
+        run_level(url, images, 1, 32, min(5.0, seconds), args.client)  # to a steady RSS
+        before = memory(pid)
+        level = run_level(url, images, 1, 512, seconds, args.client)
+        after = memory(pid)
+        ready = httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    rss = [b / a - 1 for a, b in zip(before["rss_mb_per_worker"], after["rss_mb_per_worker"])]
+    return {"model": name, "workers": args.workers[-1], "max_queue": max_queue, "seconds": seconds, **level,
+            "rss_mb_before": before["rss_mb_per_worker"], "rss_mb_after": after["rss_mb_per_worker"],
+            "rss_change": rss, "ready_after": ready,
+            "p99_vs_32_clients": level["p99_ms"] / reference if reference else None}  # fmt: skip
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| model | clients | requests/s | of ceiling | p50 ms | p99 ms | errors | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| model | workers | images/request | clients | requests/s | images/s | of ceiling | p50 ms | p99 ms "
+             "| 503 | 504 | other errors | peak RSS MiB per worker |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in results:
-        lines.append(f"| {r['model']} (in-process ceiling) | | {r['ceiling_images_per_s']:.0f} | 100% | | | | |")
+        lines.append(f"| {r['model']} (in-process ceiling) | | | | | {r['ceiling_images_per_s']:.0f} | 100% "
+                     "| | | | | | |")  # fmt: skip
         for lv in r["levels"]:
-            lines.append(f"| {r['model']} | {lv['clients']} | {lv['throughput']:.0f} | {lv['of_ceiling']:.0%} | "
-                         f"{lv['p50_ms']:.1f} | {lv['p99_ms']:.1f} | {lv['errors']} | {lv['peak_rss_mb']:.0f} |")  # fmt: skip
+            lines.append(f"| {r['model']} | {lv['workers']} | {lv['images_per_request']} | {lv['clients']} | "
+                         f"{lv['requests_per_s']:.1f} | {lv['images_per_s']:.0f} | {lv['of_ceiling']:.0%} | "
+                         f"{lv['p50_ms']:.1f} | {lv['p99_ms']:.1f} | {lv['status_503']} | {lv['status_504']} | "
+                         f"{lv['errors']} | {', '.join(map(str, lv['peak_rss_mb_per_worker']))} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds per concurrency level")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128, 512])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--models", nargs="+", default=["vit_fashion_patch4_28", "vit_small_patch16_224"])
     parser.add_argument("--fashion-checkpoint", help="a trained vit_fashion_patch4_28 (default: random weights)")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -246,19 +339,35 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
                         help="the load generator (wrk: apt-get install wrk)")
+    parser.add_argument("--checks", type=float, default=30.0, help="seconds of the --max-queue 64 check (0: skip)")
+    parser.add_argument("--soak", type=float, default=300.0, help="seconds of the overload soak (0: skip)")
     parser.add_argument("--out", default=str(RESULTS / "serve_load.json"))
     args = parser.parse_args()
-    results = []
+    results, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             fashion = name.startswith("vit_fashion")
             checkpoint = write_checkpoint(name, Path(tmp), args.fashion_checkpoint if fashion else None)
-            results.append(measure(name, checkpoint, fashion_images() if fashion else photo_images(), args))
-    report = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch_threads": torch.get_num_threads(),
-              "results": results}  # fmt: skip
+            images = fashion_images() if fashion else photo_images()
+            results.append(measure(name, checkpoint, images, args))
+            if fashion and (args.checks or args.soak):
+                at_32 = [lv for lv in results[-1]["levels"] if lv["clients"] == 32 and lv["images_per_request"] == 1
+                         and lv["workers"] == args.workers[-1]]  # fmt: skip
+                reference = at_32[0]["p99_ms"] if at_32 else None
+                if args.checks:
+                    checks.append(overload(name, checkpoint, images, args, args.checks, 64, reference))
+                if args.soak:
+                    checks.append(overload(name, checkpoint, images, args, args.soak, None, reference))
+    report = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "cores": os.cpu_count(),
+              "results": results, "checks": checks}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))
+    for c in checks:
+        print(f"check: {c['model']}, {c['workers']} workers, --max-queue {c['max_queue']}, 512 clients, "
+              f"{c['seconds']:g} s: {c['requests']} x 200, {c['status_503']} x 503, {c['status_504']} x 504, "
+              f"{c['errors']} other; p99 {c['p99_ms']:.0f} ms; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MiB; "
+              f"ready after: {c['ready_after']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,73 +1,48 @@
 """The HTTP API and the page, on FastAPI: `create_app(model, classes)` for any model family vitkit loads.
 
-Every image, uploaded or read by `vitkit predict`, goes through the same decoding (`open_image`) and the
-checkpoint's eval transform (`image_transform`); concurrent requests share forward passes through the
-dynamic batcher. Errors are JSON `{"error": "<one line>"}` with a 4xx/5xx status. Nothing a request says
-is used as a path: the page's files are read into memory when the app is made.
+This module assembles the app; the rooms are: routes_v1 (vitkit's API), oip (the Open Inference Protocol
+v2), served (decoding, batching, backpressure), readiness (warm-up, /livez, /readyz), uploads, explain,
+batcher and middleware (the size limit, the metrics). Every image, uploaded or read by `vitkit predict`,
+goes through the same decoding (`open_image`) and the checkpoint's eval transform (`image_transform`);
+concurrent requests share forward passes through the dynamic batcher. Errors are JSON
+`{"error": "<one line>"}` with a 4xx/5xx status. Nothing a request says is used as a path: the page's
+files are read into memory when the app is made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
-import io
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any, AsyncIterator, Callable
 
-import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from matplotlib import colormaps
-from PIL import Image
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 from torchvision.datasets import FashionMNIST
 
-from ..analysis.plots import HEAT_CMAP, denormalise, heat_map
+from .. import __version__
 from ..analysis.rollout import attention_rollout
-from ..data.images import ImageDecodeError, open_image
 from ..evaluate.predict import checkpoint_classes, checkpoint_metadata, class_names, image_transform, probabilities
 from ..files import sha256_file
 from ..precision import Precision, autocast
-from .batcher import Batcher
+from .batcher import Batcher, batch_sizes
 from .middleware import BodyLimit, Metrics, MetricsMiddleware, error
+from .oip import add_oip_routes
+from .readiness import Readiness, warm_up_then_ready
+from .routes_v1 import add_v1_routes
+from .served import Served
 
 MB = 1 << 20
-# Uploads are either multipart (field `file`) or the image's bytes as the body, with one of these types.
-RAW_TYPES = ("", "application/octet-stream")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-def _png_data_uri(pixels: np.ndarray) -> str:
-    """(H, W), (H, W, 3) or (H, W, 4) uint8 -> a data:image/png;base64 URI."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def explanation(image: torch.Tensor, rollout: torch.Tensor, mean: Any, std: Any) -> dict[str, Any]:
-    """image: (C, H, W) as the model saw it, rollout: (gh, gw) -> the input and the rollout as PNGs of
-    (H, W) pixels, the heat map coloured with the analysis plots' colour map, and the rollout's numbers."""
-    picture = denormalise(image[None], mean, std)[0]
-    picture = picture.permute(1, 2, 0) if picture.shape[0] == 3 else picture[0]
-    heat = colormaps[HEAT_CMAP](heat_map(rollout, tuple(image.shape[-2:])).numpy())  # (H, W, 4) in [0, 1]
-    return {
-        "input_png": _png_data_uri((picture.numpy() * 255).round().astype(np.uint8)),
-        "overlay_png": _png_data_uri((heat * 255).round().astype(np.uint8)),
-        "rollout": [[round(v, 6) for v in row] for row in rollout.tolist()],
-    }
 
 
 def _page_files(samples: str) -> dict[str, tuple[bytes, str]]:
@@ -95,33 +70,6 @@ def _api_key_check(api_key: str | None) -> Callable[[Request], None]:
             raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
 
     return check
-
-
-async def read_upload(request: Request) -> bytes:
-    """The uploaded image's bytes: multipart field `file`, or the raw body; a client that goes away before
-    its upload ends gets a 400 (nobody reads it) instead of an error in the server's log."""
-    try:
-        return await _read_upload(request)
-    except ClientDisconnect:
-        raise HTTPException(400, "the client disconnected before its upload ended") from None
-
-
-async def _read_upload(request: Request) -> bytes:
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, "the multipart upload has no file in field 'file'")
-        data = await upload.read()
-    elif kind in RAW_TYPES or kind.startswith("image/"):
-        data = await request.body()
-    else:
-        raise HTTPException(415, f"content type {kind!r} not accepted: send image/*, application/octet-stream "
-                                 "or multipart/form-data with the image in field 'file'")  # fmt: skip
-    if not data:
-        raise HTTPException(400, "empty upload: no image bytes")
-    return data
 
 
 def _batch_fns(
@@ -157,76 +105,59 @@ def create_app(
     checksum: str | None = None,
     dataset: str | None = None,
     int8: torch.nn.Module | None = None,
+    max_queue: int | None = None,
+    timeout_ms: float = 30_000.0,
+    max_images_per_request: int = 64,
+    readiness: Readiness | None = None,
+    model_name: str | None = None,
 ) -> FastAPI:
     """The app serving `model` (in eval mode, on its device) with `classes` as its class names.
     `checksum`: the checkpoint file's SHA-256, reported by /v1/model; `dataset`: the training data's
     name from the checkpoint, which picks the page's sample images; `int8`: `model` quantised by
-    vitkit.quantize (warmed up to `max_batch`), which then computes every class probability."""
+    vitkit.quantize (warmed up to `max_batch`), which then computes every class probability.
+    Backpressure: more than `max_queue` queued images (default 4 x max_batch) is a 503, an image queued
+    over `timeout_ms` a 504. `readiness`: shared by the worker processes (default: this process alone);
+    `model_name`: the name under /v2/models (default: the model's)."""
     cfg = model.config
     model.eval()
     names = class_names(cfg.num_classes, classes)
-    transform = image_transform(cfg)
     page = _page_files(sample_set(names, dataset))
-    metrics = Metrics(max_batch)
-    predict_fn, explain_fn = _batch_fns(model, precision, int8)
-    batchers = {kind: Batcher(fn, max_batch, max_wait_ms, metrics.batch_size.observe)
-                for kind, fn in (("predict", predict_fn), ("explain", explain_fn)) if fn is not None}  # fmt: skip
+    metrics = Metrics(batch_sizes(max_batch))
+    readiness = readiness or Readiness()
+    queue = dict(max_queue=max_queue or 4 * max_batch, timeout_s=timeout_ms / 1000)
+    batchers = {kind: Batcher(fn, max_batch, max_wait_ms, metrics.on_batch, **queue,
+                              on_depth=metrics.queue_depth.labels(kind).set)
+                for kind, fn in zip(("predict", "explain"), _batch_fns(model, precision, int8)) if fn is not None}  # fmt: skip
+    info = _model_info(cfg, names, checksum, "explain" in batchers, "int8" if int8 else precision,
+                       max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_bytes=max_upload_bytes,
+                       max_queue=queue["max_queue"], timeout_ms=timeout_ms,
+                       max_images_per_request=max_images_per_request)  # fmt: skip
+    served = Served(model, names, image_transform(cfg), batchers, metrics, readiness, info, max_images_per_request)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitkit-model")  # one forward at a time
         for b in batchers.values():
             b.start(executor)
+        warming = asyncio.ensure_future(warm_up_then_ready(batchers, (cfg.in_chans, *cfg.img_size), executor,
+                                                           readiness))  # fmt: skip
         try:
             yield
         finally:
+            readiness.mark_stopping()
+            await asyncio.gather(warming, return_exceptions=True)
             await asyncio.gather(*(b.stop() for b in batchers.values()))
             executor.shutdown(wait=True)
 
-    app = FastAPI(title="vitkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The schema is on; the interactive docs pages are off (they load their scripts from a CDN).
+    app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
     protected = [Depends(_api_key_check(api_key))]
-
-    def preprocess(data: bytes) -> torch.Tensor:
-        try:
-            return transform(open_image(io.BytesIO(data), name="upload"))
-        except ImageDecodeError as e:
-            raise HTTPException(400, str(e)) from None
-
-    async def classify(request: Request, topk: int, kind: str) -> tuple[list[dict[str, Any]], Any, torch.Tensor]:
-        """The upload's top-k classes, the batcher's output for it, and the image as the model saw it."""
-        if topk < 1:
-            raise HTTPException(400, f"topk must be at least 1, got {topk}")
-        image = await run_in_threadpool(preprocess, await read_upload(request))
-        out = await batchers[kind].submit(image)
-        values, indices = (out[0] if isinstance(out, tuple) else out).topk(min(topk, cfg.num_classes))
-        top = [{"label": names[i], "index": i, "prob": p} for p, i in zip(values.tolist(), indices.tolist())]
-        return top, out, image
-
-    def answer(top: list[dict[str, Any]], start: float, **extra: Any) -> dict[str, Any]:
-        return {"topk": top, "model": cfg.name, **extra, "latency_ms": (time.perf_counter() - start) * 1000}
-
-    @app.post("/v1/predict", dependencies=protected)
-    async def predict(request: Request, topk: int = 5) -> dict[str, Any]:
-        start = time.perf_counter()
-        top, _, _ = await classify(request, topk, "predict")
-        return answer(top, start)
-
-    @app.post("/v1/explain", dependencies=protected)
-    async def explain(request: Request, topk: int = 5) -> dict[str, Any]:
-        start = time.perf_counter()
-        if "explain" not in batchers:
-            raise HTTPException(400, f"model {cfg.name!r} ({type(model).__name__}) has no attention to explain: "
-                                     "/v1/explain needs a ViT or a hybrid; use /v1/predict")  # fmt: skip
-        top, (_, rollout), image = await classify(request, topk, "explain")
-        return answer(top, start, **await run_in_threadpool(explanation, image, rollout, cfg.mean, cfg.std))
-
-    info = _model_info(cfg, names, checksum, "explain" in batchers, "int8" if int8 else precision,
-                       max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_bytes=max_upload_bytes)  # fmt: skip
-    app.get("/v1/model", dependencies=protected)(lambda: info)
-    _add_page_routes(app, page, metrics)
+    add_v1_routes(app, served, protected)
+    add_oip_routes(app, served, model_name or cfg.name, protected)
+    _add_open_routes(app, page, served)
     return app
 
 
@@ -245,19 +176,30 @@ def _model_info(
     }  # fmt: skip
 
 
-def _add_page_routes(app: FastAPI, page: dict[str, tuple[bytes, str]], metrics: Metrics) -> None:
-    """The unauthenticated routes: /healthz, /metrics, and the web page with its assets and sample images."""
+def _add_open_routes(app: FastAPI, page: dict[str, tuple[bytes, str]], served: Served) -> None:
+    """The unauthenticated routes: liveness, readiness, /metrics, and the web page with its assets and
+    sample images."""
 
+    @app.get("/livez")
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def livez() -> dict[str, Any]:
+        """The worker answers (it does while a batch computes): `{"status": "ok", "worker": pid}`."""
+        return {"status": "ok", "worker": os.getpid()}
+
+    @app.get("/readyz", responses={503: {"description": "not every worker has warmed up yet"}})
+    def readyz() -> JSONResponse:
+        """200 once every worker has loaded the model and run a warm-up batch at each padded batch size."""
+        status = served.readiness.status()
+        return JSONResponse(status, status_code=200 if status["status"] == "ready" else 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        return metrics.response()
+        """Prometheus text, summed over the worker processes."""
+        return served.metrics.response()
 
     @app.get("/samples")
     def samples() -> list[str]:
+        """The sample images' URLs."""
         return sorted(f"/{name}" for name in page if name.startswith("samples/"))
 
     def asset(name: str) -> Response:
@@ -266,9 +208,9 @@ def _add_page_routes(app: FastAPI, page: dict[str, tuple[bytes, str]], metrics: 
         content, media_type = page[name]
         return Response(content, media_type=media_type, headers=SECURITY_HEADERS)
 
-    app.get("/", include_in_schema=False)(lambda: asset("index.html"))
-    app.get("/static/{name}", include_in_schema=False)(asset)
-    app.get("/samples/{name}", include_in_schema=False)(lambda name: asset(f"samples/{name}"))
+    app.get("/", summary="The page")(lambda: asset("index.html"))
+    app.get("/static/{name}", summary="The page's files")(asset)
+    app.get("/samples/{name}", summary="A sample image")(lambda name: asset(f"samples/{name}"))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -276,7 +218,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        return error(e.status_code, str(e.detail))
+        return error(e.status_code, str(e.detail), e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -1,16 +1,26 @@
-"""Dynamic batching: images from concurrent requests share one forward pass.
+"""Dynamic batching with backpressure: images from concurrent requests share one forward pass.
 
-Callers `await batcher.submit(x)`; a worker task takes the first waiting image, gathers more until
-`max_batch` are waiting or `max_wait_ms` has passed, runs the model on the stack in a worker thread
-(so the event loop keeps answering other requests), and hands each caller its own row of the result.
-While one batch computes, the next one fills up.
+Callers `await batcher.submit_many(images)`; a worker task takes the first waiting image, gathers more
+until `max_batch` are waiting or `max_wait_ms` has passed, brings the batch to one of a few fixed sizes
+(`batch_sizes`: 1, 2, 4, multiples of 8 and `max_batch`, the shapes the server warms up) by cutting a batch
+over 8 down to the size below it (the rest go first into the next batch) or padding a smaller one with at
+most 3 zero images, runs the model on it in a worker thread (so the event loop keeps answering other
+requests), and hands each caller its own row. While one batch computes, the next one fills up.
+
+Backpressure, as Ray Serve's `max_queued_requests` and Triton's queue policy do it: a request whose
+images would take the queue past `max_queue` is refused at once (`QueueFull`, the server's 503); an image
+still queued `timeout_s` after it was submitted is dropped (`QueueTimeout`, a 504); an image whose caller
+has gone (its future cancelled) is dropped without being computed. The batcher counts nothing itself: the
+`on_batch(size, waits)` and `on_depth(depth)` callbacks let the server keep its metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -20,74 +30,178 @@ BatchFn = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
 Row = torch.Tensor | tuple[torch.Tensor, ...]
 
 
+class QueueFull(Exception):
+    """The queue holds `max_queue` images: the request is refused without waiting."""
+
+
+class QueueTimeout(Exception):
+    """The image waited in the queue longer than the timeout: it was dropped without being computed."""
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """The padded batch sizes: 1, 2, 4, 8, then multiples of 8, then max_batch (32 -> [1, 2, 4, 8, 16, 24, 32]).
+    The warm-up runs each size once."""
+    sizes = [s for s in (1, 2, 4) if s < max_batch] + list(range(8, max_batch, 8))
+    return sizes + [max_batch]
+
+
+@dataclass(eq=False)
+class _Item:
+    image: torch.Tensor
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.monotonic)
+    started: bool = False
+
+
 class Batcher:
     """Batches the images submitted concurrently (up to `max_batch`, waiting at most `max_wait_ms` for
-    more once one is waiting) and runs `fn` on them in the executor given to `start`. `on_batch(size)` is
-    called per batch."""
+    more once one is waiting) and runs `fn` on them, padded to a size of `batch_sizes(max_batch)`, in the
+    executor given to `start`. `on_batch(size, waits)` gets each batch's real size and its images' seconds
+    in the queue; `on_depth(n)` the number of queued images whenever it changes."""
 
     def __init__(
         self,
         fn: BatchFn,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+        *,
+        max_queue: int | None = None,
+        timeout_s: float | None = None,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch} and {max_wait_ms}")
+        if (max_queue is not None and max_queue < 1) or (timeout_s is not None and timeout_s <= 0):
+            raise ValueError(f"max_queue must be >= 1 and timeout_s > 0, got {max_queue} and {timeout_s}")
         self.fn = fn
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
-        self.on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[Row]]] = asyncio.Queue()
+        self.max_queue, self.timeout = max_queue, timeout_s
+        self.sizes = batch_sizes(max_batch)
+        self.on_batch, self.on_depth = on_batch, on_depth
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._computing = False
         self._worker: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue (not those computing)."""
+        return len(self._queue)
+
+    def check_room(self, n: int) -> None:
+        """Raise QueueFull unless `n` more images fit in the queue (an empty queue takes any number)."""
+        if self.max_queue is not None and self._queue and len(self._queue) + n > self.max_queue:
+            raise QueueFull(f"the queue is full ({len(self._queue)} images waiting, --max-queue {self.max_queue})")
 
     def start(self, executor: Executor) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(executor))
 
     async def stop(self) -> None:
         """Finish every image already submitted, then stop the worker."""
-        await self._queue.join()
+        await self._idle.wait()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
     async def submit(self, image: torch.Tensor) -> Row:
         """image: (C, H, W) -> its row of fn's output, once its batch has run."""
+        return (await self.submit_many([image]))[0]
+
+    async def submit_many(self, images: list[torch.Tensor]) -> list[Row]:
+        """images: each (C, H, W) -> their rows of fn's output, in order. All are queued or none: `QueueFull`
+        when they would pass `max_queue` (an empty queue takes any number). `QueueTimeout` when one waited
+        longer than `timeout_s`; cancelling the call drops its images that have not started."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((image, future))
-        return await future
+        self.check_room(len(images))
+        loop = asyncio.get_running_loop()
+        items = [_Item(image, loop.create_future()) for image in images]
+        self._queue.extend(items)
+        self._idle.clear()
+        self._arrived.set()
+        self._depth_changed()
+        try:
+            done, _ = await asyncio.wait([i.future for i in items], timeout=self.timeout)
+            if len(done) < len(items) and any(not i.started for i in items):
+                raise QueueTimeout(f"waited over {self.timeout * 1000:.0f} ms in the queue (--timeout-ms)")
+            return [await i.future for i in items]  # those that started finish even past the timeout
+        finally:
+            for item in items:
+                if item.future.done() and not item.future.cancelled():
+                    item.future.exception()  # retrieved: a failed batch is reported once, by the caller
+                item.future.cancel()  # no-op once done; otherwise the worker drops the item
+            if any(not i.started for i in items):
+                self._drop_cancelled()
 
-    async def _gather(self) -> list[tuple[torch.Tensor, asyncio.Future[Row]]]:
-        """The next batch: the first waiting item, then any that arrive before the deadline."""
-        batch = [await self._queue.get()]
+    def _drop_cancelled(self) -> None:
+        kept = [item for item in self._queue if not item.future.done()]
+        if len(kept) != len(self._queue):
+            self._queue = collections.deque(kept)
+            self._depth_changed()
+            self._check_idle()
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(len(self._queue))
+
+    def _check_idle(self) -> None:
+        if not self._queue and not self._computing:
+            self._idle.set()
+
+    async def _gather(self) -> list[_Item]:
+        """The next batch: the first waiting image, then any that arrive before the deadline."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
         deadline = time.monotonic() + self.max_wait
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
+        while len(self._queue) < self.max_batch and (remaining := deadline - time.monotonic()) > 0:
+            self._arrived.clear()
             try:
-                batch.append(self._queue.get_nowait() if remaining <= 0 else
-                             await asyncio.wait_for(self._queue.get(), remaining))  # fmt: skip
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
                 break
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        batch = [item for item in batch if not item.future.done()]  # callers gone or timed out
+        fits = max((size for size in self.sizes if size <= len(batch)), default=0)
+        if fits >= 8:  # a big batch is cut to a padded size: the rest goes first into the next batch
+            self._queue.extendleft(reversed(batch[fits:]))
+            batch = batch[:fits]
+        self._depth_changed()
         return batch
+
+    def _pad(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C, H, W), B padded with zero images to the next padded batch size (at most 3 of them: a batch
+        over 8 was cut to a padded size)."""
+        size = next(s for s in self.sizes if s >= len(images))
+        return torch.stack(images + [torch.zeros_like(images[0])] * (size - len(images)))
 
     async def _run(self, executor: Executor) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
+            if not batch:
+                self._check_idle()
+                continue
+            now = time.monotonic()
+            for item in batch:
+                item.started = True
+            self._computing = True
             try:
-                out = await loop.run_in_executor(executor, self.fn, torch.stack([x for x, _ in batch]))
+                out = await loop.run_in_executor(executor, self.fn, self._pad([item.image for item in batch]))
                 outputs = out if isinstance(out, tuple) else (out,)
-                for i, (_, future) in enumerate(batch):
-                    if not future.done():  # a caller that went away has cancelled its future
+                for i, item in enumerate(batch):
+                    if not item.future.done():  # a caller that went away has cancelled its future
                         row = tuple(o[i] for o in outputs)
-                        future.set_result(row if isinstance(out, tuple) else row[0])
+                        item.future.set_result(row if isinstance(out, tuple) else row[0])
                 if self.on_batch is not None:
-                    self.on_batch(len(batch))
+                    self.on_batch(len(batch), [now - item.queued_at for item in batch])
             except Exception as e:  # the model failed: every caller of this batch gets the error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                self._computing = False
+                self._check_idle()

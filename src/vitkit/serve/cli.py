@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
+import torch
+
 from ..hardware import default_device
 from ..precision import resolve_precision
+from .workers import default_threads, run_workers
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,19 +24,36 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
         raise ValueError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-upload-mb > 0")
+    if args.workers < 1 or (args.threads_per_worker is not None and args.threads_per_worker < 1):
+        raise ValueError(f"--workers and --threads-per-worker must be >= 1, got {args.workers} and "
+                         f"{args.threads_per_worker}")  # fmt: skip
+    max_queue = 4 * args.max_batch if args.max_queue is None else args.max_queue
+    if max_queue < 1 or args.timeout_ms <= 0 or args.max_images_per_request < 1:
+        raise ValueError(f"--max-queue must be >= 1, --timeout-ms > 0 and --max-images-per-request >= 1, got "
+                         f"{max_queue}, {args.timeout_ms:g} and {args.max_images_per_request}")  # fmt: skip
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
     device = args.device or default_device(args.precision)
     choice = resolve_precision(args.precision, device)
     print(choice.line(), file=sys.stderr)
-    app = app_from_checkpoint(
-        args.checkpoint, device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+    options = dict(
+        path=args.checkpoint, device=device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         precision=choice.precision, calibrate=args.calibrate, api_key=args.api_key,
-        max_upload_bytes=int(args.max_upload_mb * MB),
+        max_upload_bytes=int(args.max_upload_mb * MB), max_queue=max_queue, timeout_ms=args.timeout_ms,
+        max_images_per_request=args.max_images_per_request,
     )  # fmt: skip
+    server = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60)
+    if args.workers > 1:
+        run_workers(options, args.workers, args.threads_per_worker or default_threads(args.workers), **server)
+        return 0
+    if args.threads_per_worker is not None:
+        torch.set_num_threads(args.threads_per_worker)
+    app = app_from_checkpoint(**options)
     # uvicorn shuts down gracefully on SIGTERM or Ctrl-C (in-flight requests finish, then the batchers
     # drain), then re-raises the signal under the handler it found; these let that end as a clean exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60)
+    uvicorn.run(app, **server)
     return 0
 
 
@@ -57,5 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--api-key", help="require it on /v1/*, as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own model (default 1)")
+    p.add_argument("--threads-per-worker", type=int, help="torch threads per worker (default: the cores split)")
+    p.add_argument("--max-queue", type=int, help="most images queued per worker; beyond, 503 (default 4 x max-batch)")
+    p.add_argument("--timeout-ms", type=float, default=30_000.0, help="an image queued longer gets 504 (default 30 s)")
+    p.add_argument("--max-images-per-request", type=int, default=64, help="most images in one batch request")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)

@@ -1,0 +1,99 @@
+"""What every route needs of the model being served: its config and class names, the decoding and the
+eval transform, the batchers, and how a request's images become rows of a batch.
+
+A request waits for its rows while it watches its connection: when the client goes away its images are
+dropped from the queue without being computed (the answer, which nobody reads, is nginx's 499). The
+batcher's refusals become HTTP answers here: a full queue is a 503 with Retry-After, an image queued past
+--timeout-ms is a 504; the metrics count both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from ..data.images import ImageDecodeError, open_image
+from .batcher import Batcher, QueueFull, QueueTimeout, Row
+from .middleware import Metrics
+from .readiness import Readiness
+
+RETRY_AFTER_S = 1
+CLIENT_GONE = 499  # nginx's "client closed request"
+
+
+@dataclass
+class Served:
+    """The model behind the routes. `batchers`: "predict" (probabilities (B, classes)) and, for models
+    with attention, "explain" ((probabilities, rollout (B, gh, gw)))."""
+
+    model: torch.nn.Module
+    names: list[str]
+    transform: Any
+    batchers: dict[str, Batcher]
+    metrics: Metrics
+    readiness: Readiness
+    info: dict[str, Any]
+    max_images: int
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.config
+
+    def decode(self, images: list[bytes | str]) -> list[torch.Tensor | str]:
+        """Each image's bytes -> (C, H, W) as the model sees it, or the one-line error that refuses it."""
+        return [image if isinstance(image, str) else self._decode_one(image) for image in images]
+
+    def _decode_one(self, data: bytes) -> torch.Tensor | str:
+        try:
+            return self.transform(open_image(io.BytesIO(data), name="upload"))
+        except ImageDecodeError as e:
+            return str(e)
+
+    async def decode_async(self, images: list[bytes | str]) -> list[torch.Tensor | str]:
+        return await run_in_threadpool(self.decode, images)
+
+    def admit(self, kind: str, n: int) -> None:
+        """Refuse at once (503) a request of `n` images that the queue has no room for, before its images
+        are decoded: under overload the refusals stay cheap."""
+        try:
+            self.batchers[kind].check_room(n)
+        except QueueFull as e:
+            raise self._refused(e) from None
+
+    def _refused(self, e: QueueFull) -> HTTPException:
+        self.metrics.rejected.inc()
+        return HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    async def compute(self, request: Request, kind: str, images: list[torch.Tensor]) -> list[Row]:
+        """images: each (C, H, W) -> their rows of batcher `kind`'s output, in order, once the request's
+        body has been read."""
+        work = asyncio.ensure_future(self.batchers[kind].submit_many(images))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise HTTPException(CLIENT_GONE, "the client went away before its answer was computed")
+        try:
+            return work.result()
+        except QueueFull as e:
+            raise self._refused(e) from None
+        except QueueTimeout as e:
+            self.metrics.timed_out.inc()
+            raise HTTPException(504, str(e)) from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (its body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

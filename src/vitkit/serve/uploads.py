@@ -1,0 +1,92 @@
+"""The images a /v1 request carries: one (a multipart field `file`, or the raw body) or several (several
+`file` fields, or a JSON body `{"images": ["<base64>", ...]}`).
+
+Nothing here decodes an image: it returns the encoded bytes, or for a JSON entry that is not base64 the
+error for that entry, so that one bad image of a batch gets its own error and the rest are answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+
+# Uploads are multipart (field `file`), JSON, or the image's bytes as the body with one of these types.
+RAW_TYPES = ("", "application/octet-stream")
+
+
+@dataclass
+class Upload:
+    """The request's images in order, each its bytes or the one-line error that refuses it; `batch`: whether
+    the client sent a batch (and so gets `{"results": [...]}`) rather than one image."""
+
+    images: list[bytes | str]
+    batch: bool
+
+
+async def read_upload(request: Request, max_images: int) -> Upload:
+    """The request's images; a client that goes away before its upload ends gets a 400 (nobody reads it)
+    instead of an error in the server's log."""
+    try:
+        return await _read_upload(request, max_images)
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before its upload ended") from None
+
+
+def _too_many(n: int | str, max_images: int) -> HTTPException:
+    return HTTPException(400, f"{n} images in one request: the limit is {max_images} (--max-images-per-request)")
+
+
+async def _read_upload(request: Request, max_images: int) -> Upload:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=max_images, max_fields=max_images + 8)
+        except HTTPException as e:
+            raise (_too_many("more", max_images) if "Too many files" in str(e.detail) else e) from None
+        files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+        if not files:
+            raise HTTPException(400, "the multipart upload has no file in field 'file'")
+        images: list[bytes | str] = [await f.read() or "empty upload: no image bytes" for f in files]
+        if len(images) == 1 and isinstance(images[0], str):
+            raise HTTPException(400, images[0])
+        return Upload(images, batch=len(files) > 1)
+    if kind == "application/json":
+        return Upload(_json_images(await request.body(), max_images), batch=True)
+    if kind in RAW_TYPES or kind.startswith("image/"):
+        data = await request.body()
+        if not data:
+            raise HTTPException(400, "empty upload: no image bytes")
+        return Upload([data], batch=False)
+    raise HTTPException(415, f"content type {kind!r} not accepted: send image/*, application/octet-stream, "
+                             "multipart/form-data with the images in fields 'file', or JSON "
+                             '{"images": ["<base64>", ...]}')  # fmt: skip
+
+
+def _json_images(body: bytes, max_images: int) -> list[bytes | str]:
+    """{"images": ["<base64 or a data: URI>", ...]} -> each image's bytes, or the error for that entry."""
+    try:
+        entries = json.loads(body)["images"]
+    except (ValueError, KeyError, TypeError):
+        entries = None
+    if not isinstance(entries, list) or not entries:
+        raise HTTPException(400, 'the JSON body must be {"images": ["<base64>", ...]} with at least one image')
+    if len(entries) > max_images:
+        raise _too_many(len(entries), max_images)
+    return [_base64(entry, i) for i, entry in enumerate(entries)]
+
+
+def _base64(entry: object, index: int) -> bytes | str:
+    if not isinstance(entry, str):
+        return f"images[{index}] is not a base64 string"
+    text = entry.split(",", 1)[1] if entry.startswith("data:") else entry
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return f"images[{index}] is not valid base64"
+    return data or f"images[{index}] is empty: no image bytes"
