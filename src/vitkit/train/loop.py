@@ -10,6 +10,7 @@ images that one process would have seen.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
