@@ -246,7 +246,7 @@ def test_init_from_resamples_position_embeddings_and_zeroes_the_head(data_root, 
 
 def test_fsdp_trains_like_one_process_writes_whole_checkpoints_and_resumes(data_root, tmp_path):
     args = ["--data", "fashion_mnist", "--model", "vit_test_patch4_16", "--steps", "6", "--batch-size", "16",
-            "--limit-train", "96", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0",
+            "--limit-train", "96", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0", "--precision", "fp32",
             "--checkpoint-every", "3", "--keep-checkpoints", "3", "--optimizer", "sgd", "--lr", "0.1"]  # fmt: skip
     # SGD, as in the DDP test: Adam would divide by √v the rounding noise of gradients that are zero in exact
     # arithmetic (the key bias's), so that the two runs differ by 1e-5 there however exact the sharding
@@ -281,7 +281,7 @@ def test_fsdp_trains_like_one_process_writes_whole_checkpoints_and_resumes(data_
 
 def test_fsdp_shards_a_bit_resnet_by_bottleneck_and_trains_like_one_process(data_root, tmp_path):
     args = ["--data", "fashion_mnist", "--model", "resnetv2_test_16", "--steps", "4", "--batch-size", "16",
-            "--limit-train", "64", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0",
+            "--limit-train", "64", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0", "--precision", "fp32",
             "--optimizer", "sgd", "--lr", "0.1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     fsdp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -303,7 +303,7 @@ def test_fsdp_without_torchrun_is_a_one_line_error(data_root, tmp_path):
 
 def test_two_processes_train_like_one_with_the_same_global_batch(data_root, tmp_path):
     args = ["--data", "fashion_mnist", "--model", "vit_test_patch4_16", "--steps", "6", "--batch-size", "16",
-            "--limit-train", "96", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0",
+            "--limit-train", "96", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0", "--precision", "fp32",
             "--randaugment", "2", "9", "--optimizer", "sgd", "--lr", "0.1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = [sys.executable, "-m", "vitkit", "train", *args, "--out", str(tmp_path / "one")]

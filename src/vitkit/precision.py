@@ -17,9 +17,9 @@ Precision = Literal["fp32", "bf16", "fp16"]  # what a forward pass runs in
 Requested = Literal["auto", "fp32", "bf16", "fp16"]  # what training takes: `auto` resolves to a Precision
 InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]  # eval, predict, serve, bench
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# One training step of vit_fashion_patch7_28 (batch 128, AdamW) under ATEN_CPU_CAPABILITY=avx2
+# One training step of the CPU recipes (benchmarks/cpu_kinds.py, contended 2-core VM) under ATEN_CPU_CAPABILITY=avx2
 # ONEDNN_MAX_CPU_ISA=AVX2, bf16 autocast against fp32 (benchmarks/results/cpu_kinds.json).
-EMULATED_BF16_SLOWDOWN = "about 3x"
+EMULATED_BF16_SLOWDOWN = "5-15x"
 
 
 @dataclass(frozen=True)
