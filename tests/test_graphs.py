@@ -72,7 +72,7 @@ def cpu_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
 def tiny(tmp_path: Path, out: str, **run) -> object:
     fields = dict(data="fashion_mnist", model="vit_test_patch4_16", limit_train=64, limit_eval=32, progress=False,
                   workers=0, log_every=1, out=str(tmp_path / out), data_root=str(tmp_path / "data"), device="cpu",
-                  feed="device", checkpoint_every=6)  # fmt: skip
+                  feed="device", checkpoint_every=6, precision="fp32")  # fmt: skip  (fp32: compared to 1e-5)
     recipe = {"steps": 12, "batch_size": 16, "optimizer": "adamw", "label_smoothing": 0.1, "mixup": 0.8}
     return make_config(recipe, **{**fields, **run})
 

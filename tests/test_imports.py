@@ -145,7 +145,7 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 LAYERS = [
     {"__main__"},
     {"cli"},
-    {"study", "serve", "bench"},
+    {"study", "study_analysis", "study_plots", "serve", "bench"},
     {"train", "evaluate", "analysis", "export", "quantize", "inference", "flops", "peers", "measure"},
     {"vitkit", "checkpoints"},
     {"models"},
@@ -153,7 +153,8 @@ LAYERS = [
     {"files", "precision", "hardware", "version"},
 ]
 ARROWS = {("train", "evaluate"), ("analysis", "evaluate"), ("quantize", "evaluate"), ("export", "quantize"),
-          ("peers", "flops"), ("vitkit", "checkpoints")}  # fmt: skip
+          ("peers", "flops"), ("vitkit", "checkpoints"), ("study", "study_analysis"), ("study", "study_plots"),
+          ("study_plots", "study_analysis"), ("precision", "hardware")}  # fmt: skip
 
 
 def room(module: str) -> str:
