@@ -110,7 +110,7 @@ def test_predict_gives_the_same_probabilities_as_vitkit_predict(fashion_checkpoi
     with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu")) as c:
         for path in files:
             assert main(["predict", "--checkpoint", str(fashion_checkpoint), str(path), "--json", "--topk", "10",
-                         "--device", "cpu"]) == 0  # fmt: skip
+                         "--device", "cpu", "--precision", "fp32"]) == 0  # the app's fp32  # fmt: skip
             expected = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
             served = c.post("/v1/predict?topk=10", files={"file": (path.name, path.read_bytes())}).json()["topk"]
             assert [(t["label"], t["prob"]) for t in served] == [(t["class"], t["prob"]) for t in expected]
