@@ -59,7 +59,7 @@ def copy_of(src: Path, dst: Path) -> Path:
 class Keys(StreamedSplit):
     """The stream's sample keys instead of its images."""
 
-    def _item(self, index, where, record):
+    def decode(self, index, where, record):
         return None if record is None else where
 
 

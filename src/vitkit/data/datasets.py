@@ -12,7 +12,7 @@ import gzip
 import importlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 
 from .imagefolder import TolerantImageFolder
 from .shard_format import read_index
-from .streaming import ShardSource, StreamedSplit
+from .streaming import ShardSource, StreamedSplit, indexable
 
 # Where the Debian package dataset-fashion-mnist puts the original idx files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -50,6 +50,11 @@ class DataSource:
         if split is None:
             raise ValueError(f"{self.name} has no {name} split")
         return split
+
+    def indexable(self) -> DataSource:
+        """This source with a training split read by index: a streamed one held in memory (streaming.indexable),
+        for what draws by index (nested subsets, the few-shot pool)."""
+        return replace(self, train=indexable(self.train))
 
     def skipped_files(self) -> list[str]:
         """Image files left out because they could not be decoded (image folders only)."""

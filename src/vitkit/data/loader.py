@@ -75,21 +75,23 @@ class SeededTransform(Transformed):
 
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (a seeded permutation per epoch, this rank's share of it) that can skip the
-    first `start` of this rank's indices, to resume mid-epoch."""
+    first `start` micro-batches of `batch` indices of this rank's share, to resume mid-epoch."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 batch: int = 1) -> None:  # fmt: skip
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.start = 0
+        self.batch, self.start = batch, 0
 
     def set_position(self, epoch: int, start: int = 0) -> None:
+        """Draw `epoch`'s order and skip its first `start` micro-batches (as StreamedSplit.set_position)."""
         self.set_epoch(epoch)
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start, None)
+        return itertools.islice(super().__iter__(), self.start * self.batch, None)
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return self.num_samples - self.start * self.batch
 
 
 def leave_signals_to_the_trainer(worker_id: int) -> None:

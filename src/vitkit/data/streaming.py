@@ -133,7 +133,7 @@ def _whole(sample: dict[str, Any]) -> bool:
     return "cls" in sample and any(k in sample for k in IMAGE_KEYS)
 
 
-def decode(record: dict[str, Any], where: str, channels: int, num_classes: int) -> tuple[Any, int]:
+def decode_sample(record: dict[str, Any], where: str, channels: int, num_classes: int) -> tuple[Any, int]:
     """(PIL image, label) of a sample, decoded as image folders are (vitkit.data.images); ImageDecodeError
     when the image is not decodable, ValueError naming the key when the label is missing or out of range."""
     label = record.get("cls", record.get("label"))
@@ -210,6 +210,7 @@ class StreamedSplit(IterableDataset):
         return HeldSplit(self)
 
     def set_position(self, epoch: int, start: int = 0) -> None:
+        """Read `epoch` from its `start`-th micro-batch on (in this process's sequence)."""
         self.plan = dataclasses.replace(self.plan, epoch=epoch, start=start)
 
     def __len__(self) -> int:
@@ -223,8 +224,8 @@ class StreamedSplit(IterableDataset):
         generator = torch.Generator().manual_seed(mix_seed(self.plan.seed, self.plan.epoch))
         return torch.randperm(len(self.counts), generator=generator).tolist()
 
-    def _records(self, first: int, last: int) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
-        """(index in the split, where, fields) of samples first..last-1 of the epoch's sequence."""
+    def records(self, first: int, last: int) -> Iterator[Record]:
+        """(index in the split, where, fields or None) of samples first..last-1 of the epoch's sequence, undecoded."""
         offsets = list(itertools.accumulate(self.counts, initial=0))
         position = 0
         for shard in self._shard_order():
@@ -236,12 +237,13 @@ class StreamedSplit(IterableDataset):
             if position >= last:
                 return
 
-    def _item(self, index: int, where: str, record: dict[str, Any] | None) -> tuple[Any, int] | None:
-        """The transformed sample, or None (counted; warned about here or when it was read)."""
+    def decode(self, index: int, where: str, record: dict[str, Any] | None) -> tuple[Any, int] | None:
+        """A record of `records` as (transform(image), label), the transform seeded by (seed, epoch, index); None
+        for a sample that cannot be read or decoded (counted; warned about here or when it was read)."""
         try:
             if record is None:
                 raise ImageDecodeError(where, "could not be read")
-            image, label = decode(record, where, self.channels, len(self.classes))
+            image, label = decode_sample(record, where, self.channels, len(self.classes))
         except ImageDecodeError as e:
             if record is not None:
                 warnings.warn(f"skipping {e}", stacklevel=2)
@@ -260,14 +262,14 @@ class StreamedSplit(IterableDataset):
             raise RuntimeError(f"the plan has {plan.streams} streams per process, the loader another number of workers")
         part = (worker + plan.start) % plan.streams
         first, last = stream_ranges(sum(self.counts), plan)[plan.rank * plan.streams + part]
-        records: Iterator[Any] = self._records(first, last)
+        records: Iterator[Any] = self.records(first, last)
         if plan.train:
             rng = random.Random(mix_seed(plan.seed, plan.epoch, plan.rank * plan.streams + part))
             records = shuffle(bufsize=plan.buffer, initial=plan.buffer, rng=rng)(records)
         taken = (plan.start + worker) // plan.streams * plan.batch
         last_good, owed = None, 0
         for record in itertools.islice(records, taken, None):
-            item = self._item(*record)
+            item = self.decode(*record)
             if item is None:
                 if not plan.train:  # evaluation counts what it has
                     continue
@@ -292,6 +294,12 @@ def first(dataset: Any, n: int | None) -> Any:
     return Subset(dataset, range(min(n, len(dataset))))
 
 
+def indexable(split: Dataset | None) -> Dataset | None:
+    """The split in a form read by index (nested subsets, the few-shot pool): a streamed split held in
+    memory (StreamedSplit.held), any other split (a held one too) as it is."""
+    return split.held() if isinstance(split, StreamedSplit) else split
+
+
 class HeldSplit(Dataset):
     """A streamed split held in memory as its encoded samples, read by index: (PIL image, label), decoded as
     the stream decodes them. Samples that do not decode are left out, with a warning, as a stream skips them;
@@ -301,8 +309,8 @@ class HeldSplit(Dataset):
         self.name, self.classes, self.channels = split.name, split.classes, split.channels
         self.records: list[tuple[str, dict[str, Any]]] = []
         targets, size = [], 0
-        for _, where, record in split._records(0, sum(split.counts)):
-            item = split._item(0, where, record)  # decodes once: bad samples are warned about and left out
+        for _, where, record in split.records(0, sum(split.counts)):
+            item = split.decode(0, where, record)  # decodes once: bad samples are warned about and left out
             if item is None:
                 continue
             self.records.append((where, record))
@@ -318,4 +326,4 @@ class HeldSplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         where, record = self.records[i]
-        return decode(record, where, self.channels, len(self.classes))
+        return decode_sample(record, where, self.channels, len(self.classes))

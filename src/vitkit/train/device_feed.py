@@ -100,7 +100,8 @@ class DeviceFeed:
                  procs: distributed.Processes, micro: int, per_step: int) -> None:  # fmt: skip
         device, recipe = procs.device, cfg.recipe
         self.x, self.y = images.images.to(device), images.labels.to(device)  # once: uint8 (N, C, H, W), (N,)
-        self.sampler = ResumableSampler(images, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
+        self.sampler = ResumableSampler(images, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed,
+                                        batch=micro)  # fmt: skip
         self.micro, self.per_step, self.seed = micro, per_step, cfg.seed
         self.steps_per_epoch = self.sampler.num_samples // (micro * per_step)
         self.images = len(images)
@@ -130,7 +131,7 @@ class DeviceFeed:
 
     def epoch(self, epoch: int, step: int) -> Iterator[Batch]:
         """The micro-batches of `epoch` from its `step`-th step on (the last partial micro-batch dropped)."""
-        self.sampler.set_position(epoch, step * self.per_step * self.micro)
+        self.sampler.set_position(epoch, step * self.per_step)
         order = _to(torch.tensor(list(self.sampler), dtype=torch.long), self.x.device)  # one copy an epoch
         boxes = self.boxes(epoch)
         for k in range(len(order) // self.micro):

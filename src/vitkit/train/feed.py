@@ -12,28 +12,48 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data import DataSource, ResumableSampler, SeededTransform, make_loader, train_transform
-from ..data.batched import batched_training_data
+from ..data.batched import Batch, batched_training_data
 from ..data.preprocessing import DataConfig
 from ..data.loader import leave_signals_to_the_trainer
-from ..data.streaming import StreamedSplit, first
+from ..data.streaming import StreamedSplit, first, indexable
 from ..data.subsets import split_subset
 from . import distributed
 from .config import TrainConfig
-from .device_feed import DeviceFeed, choose_feed, device_feed
+from .device_feed import choose_feed, device_feed
+
+
+class TrainingFeed(Protocol):
+    """What the loop reads of a feed: this process's micro-batches, `per_step` of them an optimiser step."""
+
+    steps_per_epoch: int
+    workers: int
+    augmentation: str  # "per-image", "batched", "streamed" or "device"
+    images: int  # in the training split (after --limit-train)
+    reason: str  # why this feed and not the device's (vitkit.train.device_feed)
+
+    def epoch(self, epoch: int, step: int) -> Iterator[Batch]: ...
+
+    def skipped(self, procs: distributed.Processes) -> int: ...
+
+
+class Positioned(Protocol):
+    """An epoch's order that can start at any micro-batch: ResumableSampler or StreamedSplit."""
+
+    def set_position(self, epoch: int, start: int = 0) -> None: ...
 
 
 @dataclass
 class Feed:
-    """Micro-batches (images (b, C, H, W), labels (b,)) of this process, `per_step` of them a step."""
+    """Micro-batches (images (b, C, H, W), labels (b,)) of this process from a loader, `per_step` of them a step."""
 
     loader: DataLoader
-    positioned: Any  # ResumableSampler or StreamedSplit: what set_position moves
+    positioned: Positioned  # what set_position moves
     per_step: int  # micro-batches per optimiser step (gradient accumulation)
     steps_per_epoch: int
     workers: int
@@ -41,19 +61,32 @@ class Feed:
     images: int  # in the training split (after --limit-train)
     reason: str = ""  # why this feed and not the device's (vitkit.train.device_feed)
 
-    def epoch(self, epoch: int, step: int) -> Iterator[Any]:
+    def epoch(self, epoch: int, step: int) -> Iterator[Batch]:
         """The micro-batches of `epoch` from its `step`-th step on."""
-        if isinstance(self.positioned, StreamedSplit):
-            self.positioned.set_position(epoch, step * self.per_step)
-        else:
-            self.positioned.set_position(epoch, step * self.per_step * self.loader.batch_size)
-            self.loader.dataset.set_epoch(epoch)
+        self.positioned.set_position(epoch, step * self.per_step)
         return iter(self.loader)
 
     def skipped(self, procs: distributed.Processes) -> int:
-        """Samples of a stream that could not be read or decoded, over all processes."""
-        if not isinstance(self.positioned, StreamedSplit):
-            return 0
+        """Samples that could not be read or decoded, over all processes (a stream's; none here)."""
+        return 0
+
+
+@dataclass
+class IndexedFeed(Feed):
+    """A split read by index: a sampler's order, each image's augmentation seeded by (seed, epoch, index)."""
+
+    def epoch(self, epoch: int, step: int) -> Iterator[Batch]:
+        self.loader.dataset.set_epoch(epoch)
+        return super().epoch(epoch, step)
+
+
+@dataclass
+class StreamedFeed(Feed):
+    """A streamed split (vitkit.data.streaming): the stream is its own order."""
+
+    positioned: StreamedSplit
+
+    def skipped(self, procs: distributed.Processes) -> int:
         return round(procs.mean(torch.tensor(float(self.positioned.skipped_samples))).item() * procs.world_size)
 
 
@@ -87,13 +120,13 @@ def _indexed_feed(train_set: Any, data_cfg: DataConfig, data: DataSource, cfg: T
             dataset, collate = batched
     if dataset is None:
         dataset = SeededTransform(train_set, _transform(data_cfg, data, cfg), seed=cfg.seed)
-    sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed)
+    sampler = ResumableSampler(train_set, procs.world_size, procs.rank, shuffle=True, seed=cfg.seed, batch=micro)
     workers = loader_workers(cfg, procs, batched=collate is not None)
     loader = make_loader(dataset, micro, sampler, workers, drop_last=True, pin_memory=procs.device.type == "cuda",
                          collate=collate)  # fmt: skip
     steps = sampler.num_samples // (micro * per_step)
     augmentation = "per-image" if collate is None else "batched"
-    return Feed(loader, sampler, per_step, steps, workers, augmentation, len(train_set))
+    return IndexedFeed(loader, sampler, per_step, steps, workers, augmentation, len(train_set))
 
 
 def _streamed_feed(train_set: StreamedSplit, data_cfg: DataConfig, data: DataSource, cfg: TrainConfig,
@@ -106,11 +139,11 @@ def _streamed_feed(train_set: StreamedSplit, data_cfg: DataConfig, data: DataSou
     loader = DataLoader(stream, batch_size=micro, num_workers=workers, pin_memory=procs.device.type == "cuda",
                         worker_init_fn=leave_signals_to_the_trainer)  # fmt: skip
     steps = len(stream) // (micro * per_step)
-    return Feed(loader, stream, per_step, steps, workers, "streamed", sum(train_set.counts))
+    return StreamedFeed(loader, stream, per_step, steps, workers, "streamed", sum(train_set.counts))
 
 
 def build_feed(data: DataSource, data_cfg: DataConfig, cfg: TrainConfig, procs: distributed.Processes, micro: int,
-               per_step: int, saved_workers: int | None = None) -> Feed | DeviceFeed:  # fmt: skip
+               per_step: int, saved_workers: int | None = None) -> TrainingFeed:  # fmt: skip
     """The training feed of this process (--feed: the device's or a loader); `saved_workers`: a resumed
     streamed run keeps its worker count, since the order of its samples depends on it."""
     train_set = first(data.split("train"), cfg.limit_train)
@@ -133,9 +166,7 @@ def held_out(cfg: TrainConfig, data: DataSource) -> tuple[DataSource, str]:
     part of it in place of the test split, which is then left alone; and the name of the split evaluated."""
     if not (cfg.subset or cfg.holdout):
         return data, "test"
-    train = data.split("train")
-    if isinstance(train, StreamedSplit):  # subsets are drawn by index
-        train = train.held()
+    train = indexable(data.split("train"))  # subsets are drawn by index
     train, kept_out = split_subset(train, len(data.classes), cfg.subset, cfg.holdout, cfg.subset_seed)
     if len(train) < cfg.recipe.batch_size:  # a subset smaller than a batch (a GPU batch on 1k images): an epoch
         copies = math.ceil(cfg.recipe.batch_size / len(train))  # passes over it that many times, each crop drawn anew
