@@ -19,6 +19,7 @@ from ..models.posembed import ResampleMethod
 from ..precision import Requested
 from . import distributed
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
+from .rundir import RunDir
 
 
 DATASETS_HELP = "fashion_mnist, mnist5k, digits, imagefolder:PATH, cifar10:PATH, cifar100:PATH, wds:DIR_OR_URL or hf:NAME"
@@ -109,7 +110,7 @@ EXECUTION_FIELDS = ("resume", "workers", "progress", "device", "data_root", "log
 
 def read_run_config(out: str | Path) -> TrainConfig:
     """The `train` section of a run directory's config.yaml."""
-    path = Path(out) / "config.yaml"
+    path = RunDir(out).config
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} does not exist")
     return TrainConfig.from_dict(yaml.safe_load(path.read_text())["train"])
@@ -182,4 +183,4 @@ def write_run_config(cfg: TrainConfig, model: Any, data: DataSource, extra: dict
     }
     plain = json.loads(json.dumps(doc))  # tuples -> lists, for safe_dump
     text = yaml.safe_dump(plain, sort_keys=False)
-    atomic_write(Path(cfg.out) / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(RunDir(cfg.out).config, lambda tmp: Path(tmp).write_text(text))

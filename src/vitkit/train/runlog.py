@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..files import atomic_write
+from .rundir import RunDir
 
 PLOT_EVERY_S = 20.0  # between redrawn curves: three PNGs cost ~0.3 s, a GPU epoch of Fashion-MNIST less
 # figure file -> the metrics drawn in it (against the optimiser step)
@@ -62,7 +63,7 @@ class RunLog:
 
     def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int | None = None) -> None:
         self.out_dir, self.enabled = out_dir, enabled
-        self.path = out_dir / "metrics.jsonl"
+        self.path = RunDir(out_dir).metrics
         self.records: list[dict[str, Any]] = []
         self.plotted: float | None = None  # when the curves were last drawn
         self.tb = None
