@@ -301,6 +301,19 @@ def test_fsdp_without_torchrun_is_a_one_line_error(data_root, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("run, recipe, why", [
+    ({"micro_batch": 5}, {}, "micro_batch 5 does not divide the per-process batch 16"),
+    ({"cuda_graphs": "on"}, {}, "--cuda-graphs on: the device is cpu"),
+    ({"limit_train": 8}, {}, "batch_size 16 is larger than the 8 training images"),
+    ({"feed": "device"}, {"randaugment": (2, 9)}, "--feed device: the recipe's RandAugment"),
+])  # fmt: skip
+def test_a_config_rejected_after_the_data_is_read_leaves_no_run_directory(data_root, tmp_path, run, recipe, why):
+    """The checks run before the first write (vitkit.train.checks): no empty run directory is left behind."""
+    with pytest.raises(ValueError, match=why):
+        fit(tiny(data_root, tmp_path / "run", recipe, **run))
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(data_root, tmp_path):
     args = ["--data", "fashion_mnist", "--model", "vit_test_patch4_16", "--steps", "6", "--batch-size", "16",
             "--limit-train", "96", "--limit-eval", "16", "--data-root", data_root, "--no-progress", "--workers", "0", "--precision", "fp32",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -19,35 +18,36 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoints.io import save
 from ..data import DataSource, batch_mix, load_data, mix_seed
+from ..data.batched import Batch
 from ..data.streaming import first
-from ..evaluate import Evaluation, evaluate
-from ..evaluate.predict import CLASSES_KEY
+from ..evaluate import Evaluation
 from ..precision import autocast, resolve_precision
 from . import distributed
+from .checks import check_run
 from .config import TrainConfig, resolve, write_run_config
 from .ema import ModelEMA
 from .device_feed import eval_batches
-from .feed import build_feed, held_out, micro_batches
-from .graphs import GraphStep, graphs_allowed
+from .feed import build_feed, held_out
+from .graphs import GraphStep
 from .model_setup import placed_model
 from .optim import build_optimizer, muon_dtype
 from .recipes import Recipe
-from .resume import checkpoints, newest_checkpoint, restore, saved_workers, write_checkpoint
+from .resume import saved_workers
+from .run import Run
+from .rundir import RunDir
 from .runlog import RunLog
 from .schedule import lr_factor
 from .signals import Interrupted, NonFiniteLoss, StopSignals, stop_requested
-
-BEST, FINAL = "best.safetensors", "model.safetensors"
 
 
 @dataclass
@@ -67,8 +67,8 @@ class TrainResult:
             ev = self.evaluation
             lines.append(f"{self.evaluated} accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
         if self.best_top1 is not None:
-            lines.append(f"best top-1: {self.best_top1:.2%} ({self.out_dir / BEST})")
-        lines.append(f"metrics: {self.out_dir / 'metrics.jsonl'}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
+            lines.append(f"best top-1: {self.best_top1:.2%} ({RunDir(self.out_dir).best})")
+        lines.append(f"metrics: {RunDir(self.out_dir).metrics}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")
         if self.skipped_images:
             lines.append(f"skipped {self.skipped_images} undecodable images (named in the warnings above)")
         if self.skipped_steps:
@@ -95,7 +95,7 @@ def train_step(
     recipe: Recipe,
     cfg: TrainConfig,
     procs: distributed.Processes,
-    mix: Any,
+    mix: v2.Transform | None,
 ) -> torch.Tensor:
     """One optimiser step over the accumulated micro-batches; returns the loss averaged over all of
     this step's images (and processes), before the update."""
@@ -126,17 +126,19 @@ def train_step(
     return loss
 
 
-def fit(cfg: TrainConfig) -> TrainResult:
-    """Train as `cfg` says (launched by torchrun: one of several processes); returns where things are."""
+def fit(cfg: TrainConfig, data: DataSource | None = None) -> TrainResult:
+    """Train as `cfg` says (launched by torchrun: one of several processes); returns where things are.
+    `data`: cfg.data already loaded, a streamed training split perhaps held (vitkit.data.streaming.indexable),
+    as a study passes it to each of its runs; by default fit loads it."""
     procs = distributed.start(cfg.device)
     try:
-        return _fit(cfg, procs)
+        return _fit(cfg, procs, data)
     finally:
         distributed.stop(procs)
 
 
-def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
-    run = _setup(resolve(cfg, procs), procs)
+def _fit(cfg: TrainConfig, procs: distributed.Processes, data: DataSource | None) -> TrainResult:
+    run = _setup(resolve(cfg, procs), procs, data)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (run.main and cfg.progress),
                dynamic_ncols=True)  # fmt: skip
     signals = run.signals = StopSignals().install()
@@ -145,7 +147,7 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
         bar.close()
         if evaluated_at != run.step:
             run.evaluate()
-        final = run.out / FINAL
+        final = run.files.final
         run.save_weights(final, {**run.meta, "step": str(run.step)})
         if run.main:
             run.log.plot()
@@ -158,146 +160,23 @@ def _fit(cfg: TrainConfig, procs: distributed.Processes) -> TrainResult:
                        run.eval_name)  # fmt: skip
 
 
-@dataclass
-class _Run:
-    """One training run: what `_setup` builds, and the loop's state (step, best held-out or test top-1, ...)."""
-
-    cfg: TrainConfig
-    procs: distributed.Processes
-    data: DataSource
-    eval_name: str  # the split evaluated during training: "test" or "held-out"
-    model: nn.Module
-    feed: Any  # vitkit.train.feed: the training batches of each epoch
-    accum: int  # micro-batches per optimiser step
-    test_loader: Any
-    total_steps: int
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    ema: ModelEMA | None
-    mix: Any
-    graphs: bool = False  # capture the step as a CUDA graph (vitkit.train.graphs), at the first step
-    graph: GraphStep | None = None
-    signals: StopSignals | None = None
-    train_model: nn.Module | None = None  # the model as trained: DDP-wrapped and/or compiled
-    log: RunLog | None = None
-    step: int = 0
-    best_top1: float | None = None
-    stale: int = 0  # evaluations since the best one (early stopping with --patience)
-    elapsed: float = 0.0  # seconds trained before this process started (a resumed run's)
-    skipped_steps: int = 0
-    last_checkpoint: Path | None = None
-    last_eval: Evaluation | None = None
-    t0: float = 0.0  # when this process's first step started
-
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.out)
-
-    @property
-    def main(self) -> bool:
-        return self.procs.is_main
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.feed.steps_per_epoch
-
-    @property
-    def meta(self) -> dict[str, str]:
-        return {CLASSES_KEY: json.dumps(self.data.classes), "dataset": self.data.name}
-
-    def say(self, message: str) -> None:
-        if self.main:
-            print(message, file=sys.stderr)
-
-    def time_s(self) -> float:
-        return self.elapsed + time.time() - self.t0
-
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    def save_weights(self, path: Path, metadata: dict[str, str]) -> None:
-        weights = distributed.full_state_dict(self.eval_model())  # sharded: gathered on rank 0, with every rank
-        if self.main:
-            save(self.eval_model(), path, metadata=metadata, state=weights)
-
-    def checkpoint(self) -> None:
-        weights = distributed.full_state_dict(self.model)
-        optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
-        if not self.main:
-            return
-        self.last_checkpoint = write_checkpoint(self.out, self.step, self.model, {
-            "step": self.step, "total_steps": self.total_steps, "best_top1": self.best_top1, "elapsed": self.time_s(),
-            "stale": self.stale,
-            "skipped_steps": self.skipped_steps, "optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-        }, self.meta, keep=self.cfg.keep_checkpoints, weights=weights)  # fmt: skip
-
-    def last_good(self) -> str:
-        return f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
-
-    def stopping(self) -> bool:
-        """SIGINT/SIGTERM arrived in this single-process run: no (more) evaluation, the loop stops after the step."""
-        return not self.procs.distributed and self.signals is not None and self.signals.requested is not None
-
-    def evaluate(self) -> None:
-        """Evaluate on the held-out (or test) split, log it, and keep the best weights as best.safetensors."""
-        sharded = distributed.is_sharded(self.model)
-        if (self.main or sharded) and not self.stopping():  # a sharded model's forward pass needs every process
-            started = time.time()
-            ev = evaluate(self.eval_model(), self.test_loader, len(self.data.classes), self.procs.device,
-                          self.cfg.precision, stop=self.stopping)  # fmt: skip
-            if not self.stopping():
-                self._record(ev, time.time() - started)
-        self.procs.barrier()
-
-    def _record(self, ev: Evaluation, seconds: float) -> None:
-        self.last_eval = ev
-        improved = self.best_top1 is None or ev.top1 > self.best_top1
-        if distributed.is_sharded(self.model):  # every process gathers the weights to save, or none
-            improved = self.procs.broadcast(improved)
-        self.stale = 0 if improved else self.stale + 1
-        if improved:
-            self.best_top1 = ev.top1
-            self.save_weights(self.out / BEST, {**self.meta, "step": str(self.step), "top1": str(ev.top1)})
-        if self.main:
-            self.log.write({
-                "step": self.step, "epoch": self.step / self.steps_per_epoch, "eval_top1": ev.top1,
-                "eval_top5": ev.top5, "eval_loss": ev.loss, "eval_images_per_s": ev.n / max(seconds, 1e-9),
-                "time_s": self.time_s(),
-            })  # fmt: skip
-            self.log.plot(force=False)
-            self.say(f"step {self.step}: {self.eval_name} top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%}, "
-                     f"loss {ev.loss:.4f}")  # fmt: skip
-
-
-def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
-    """Everything before the first step: data, model, optimiser, the resumed state; writes config.yaml."""
+def _setup(cfg: TrainConfig, procs: distributed.Processes, data: DataSource | None = None) -> Run:
+    """Everything before the first step: the checks, data, model, optimiser, the resumed state; then the
+    first write, config.yaml. `data`: as fit's."""
     requested, choice = cfg, resolve_precision(cfg.precision, procs.device)
     cfg = dataclasses.replace(cfg, precision=choice.precision)  # config.yaml keeps what was asked ("auto")
-    data, eval_name = held_out(cfg, load_data(cfg.data, cfg.data_root))
-    recipe, out = cfg.recipe, Path(cfg.out)
-    if not cfg.resume and (checkpoints(out) or (out / FINAL).exists()):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or another --out")
-    if cfg.fsdp and recipe.optimizer == "muon":
-        raise ValueError("--fsdp shards each weight matrix, and Muon orthogonalises whole ones: leave out --fsdp (DDP) "
-                         "or use --optimizer adamw")  # fmt: skip
-    if cfg.fsdp and not procs.distributed:
-        raise ValueError("--fsdp shards the model over several processes: launch with torchrun --nproc-per-node K")
-    if cfg.fsdp and recipe.ema_decay:
-        raise ValueError("--fsdp keeps no EMA of the weights: leave out --ema-decay")
+    shape, recipe = check_run(cfg, procs), cfg.recipe
+    micro, accum, graphs = shape.micro, shape.accum, shape.graphs
+    data, eval_name = held_out(cfg, data if data is not None else load_data(cfg.data, cfg.data_root))
     model = placed_model(cfg, procs, data)
-    micro, accum = micro_batches(cfg, procs)
     feed = build_feed(data, model.config.data_config, cfg, procs, micro, accum, saved_workers(cfg))
-    graphs, graphs_why = graphs_allowed(cfg, procs, accum)  # a step that cannot be captured fails here
-    if recipe.steps is None and recipe.epochs is None:
-        raise ValueError("the run length is not set: give --steps or --epochs")
     test_loader = eval_batches(first(data.split("test"), cfg.limit_eval), model.config.data_config, data.channels,
                                procs.device, feed.augmentation == "device", feed.workers)  # fmt: skip
     if procs.is_main:
         print(choice.line(), file=sys.stderr)  # the first line of a run that starts
-        print(f"feed: {feed.augmentation} ({feed.reason}); CUDA graphs: {'on' if graphs else 'off'} ({graphs_why})",
+        print(f"feed: {feed.augmentation} ({feed.reason}); CUDA graphs: {'on' if graphs else 'off'} ({shape.graphs_why})",
               file=sys.stderr)  # fmt: skip
-    run = _Run(
+    run = Run(
         cfg, procs, data, eval_name, model, feed, accum, test_loader,
         total_steps=recipe.steps or math.ceil(recipe.epochs * feed.steps_per_epoch),
         optimizer=build_optimizer(model, recipe),
@@ -305,7 +184,7 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
         ema=ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None,
         mix=batch_mix(recipe.mixup, recipe.cutmix, len(data.classes)), graphs=graphs,
     )  # fmt: skip
-    _resume(run)
+    run.resume()
     if procs.is_main:
         write_run_config(requested, model, data, {"derived": {
             "precision": choice.to_dict(), "muon_newton_schulz": muon_dtype(run.optimizer),
@@ -320,26 +199,11 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes) -> _Run:
         run.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         run.train_model = torch.compile(run.train_model)
-    run.log = RunLog(out, enabled=procs.is_main, resume_step=run.step if cfg.resume else None)
+    run.log = RunLog(run.out, enabled=procs.is_main, resume_step=run.step if cfg.resume else None)
     return run
 
 
-def _resume(run: _Run) -> None:
-    """With --resume, restore the newest intact checkpoint's weights, optimiser, scaler, EMA and state."""
-    if not run.cfg.resume:
-        return
-    resumed = newest_checkpoint(run.cfg, run.procs)
-    if resumed is None:
-        run.say(f"{run.out} has no checkpoint yet: starting from the beginning")
-        return
-    state = restore(resumed, run.model, run.optimizer, run.scaler, run.ema, run.total_steps)
-    run.step, run.best_top1, run.elapsed = state["step"], state["best_top1"], state["elapsed"]
-    run.skipped_steps, run.last_checkpoint = state.get("skipped_steps", 0), resumed.path
-    run.stale = state.get("stale", 0)
-    run.say(f"resuming {run.out} at step {run.step} of {run.total_steps} from {resumed.path}")
-
-
-def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
+def _train(run: Run, bar: tqdm, signals: StopSignals) -> int | None:
     """Steps from run.step to the end, evaluating, logging and checkpointing as the config says; stops with a
     checkpoint on SIGINT/SIGTERM. Returns the step of the last evaluation (None if there was none)."""
     cfg, total = run.cfg, run.total_steps
@@ -389,7 +253,7 @@ def _train(run: _Run, bar: tqdm, signals: StopSignals) -> int | None:
     return evaluated_at
 
 
-def _optimiser_step(run: _Run, batches: Any) -> tuple[torch.Tensor, float]:
+def _optimiser_step(run: Run, batches: Iterator[Batch]) -> tuple[torch.Tensor, float]:
     """One optimiser step at run.step's learning rate (and patch dropout); returns (loss, lr). A non-finite
     loss skips the step, up to --skip-nonfinite times."""
     cfg, recipe, step = run.cfg, run.cfg.recipe, run.step
@@ -416,7 +280,7 @@ def _optimiser_step(run: _Run, batches: Any) -> tuple[torch.Tensor, float]:
     return loss, lr
 
 
-def _graph_step(run: _Run, batches: Any, lr: float) -> torch.Tensor:
+def _graph_step(run: Run, batches: Iterator[Batch], lr: float) -> torch.Tensor:
     """The step replayed as a CUDA graph (captured at the first one); returns its loss, on the device."""
     torch.manual_seed(mix_seed(run.cfg.seed, 1 << 32, run.step, run.procs.rank))  # as the eager step
     images, labels = next(batches)
@@ -447,7 +311,7 @@ def _graph_step(run: _Run, batches: Any, lr: float) -> torch.Tensor:
     return loss
 
 
-def _metrics(run: _Run, loss: torch.Tensor) -> dict[str, float]:
+def _metrics(run: Run, loss: torch.Tensor) -> dict[str, float]:
     """The logged training metrics: the last step's loss and, for a captured step, the means since the last
     record; a non-finite loss there stops the run before anything is evaluated or saved."""
     if run.graph is None:

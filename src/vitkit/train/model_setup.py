@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,10 +40,8 @@ def build_model(cfg: TrainConfig, data: DataSource) -> nn.Module:
 
 
 def placed_model(cfg: TrainConfig, procs: distributed.Processes, data: DataSource) -> nn.Module:
-    """The model built (and initialised from --init-from) on its device; sharded for FSDP. Creates cfg.out."""
+    """The model built (and initialised from --init-from) on its device; sharded for FSDP."""
     model = build_model(cfg, data)  # a bad model config fails here, before anything is written
-    if procs.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if cfg.init_from and not cfg.resume:
         report = load_checkpoint(model, cfg.init_from, pos_method=cfg.pos_method)
         if cfg.recipe.reset_head and not report.head_reset:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from ..files import atomic_write, sha256_file
 from . import distributed
 from .config import TrainConfig
 from .ema import ModelEMA
+from .rundir import RunDir
 
-CHECKPOINT_DIR = "checkpoints"
 _PAIR = re.compile(r"step-(\d{8})\.safetensors")
 META_STEP, META_STATE_BYTES, META_STATE_SHA = "step", "state_bytes", "state_sha256"
 
@@ -49,7 +50,7 @@ class Resumable:
 
 
 def weights_path(out: str | os.PathLike, step: int) -> Path:
-    return Path(out) / CHECKPOINT_DIR / f"step-{step:08d}.safetensors"
+    return RunDir(out).checkpoints / f"step-{step:08d}.safetensors"
 
 
 def state_path(weights: str | os.PathLike) -> Path:
@@ -60,7 +61,7 @@ def state_path(weights: str | os.PathLike) -> Path:
 
 def checkpoints(out: str | os.PathLike) -> list[Path]:
     """The weights files of the run in `out`, newest first."""
-    folder = Path(out) / CHECKPOINT_DIR
+    folder = RunDir(out).checkpoints
     found = [p for p in folder.iterdir() if _PAIR.fullmatch(p.name)] if folder.is_dir() else []
     return sorted(found, reverse=True)
 
@@ -124,13 +125,14 @@ def newest_intact(out: str | os.PathLike) -> Resumable | None:
         except (CheckpointError, RuntimeError, OSError, SafetensorError) as e:
             warnings.warn(f"passing over checkpoint {path}: {e}", stacklevel=2)
     if found:
-        raise CheckpointError(f"cannot resume: none of the {len(found)} checkpoints in {Path(out) / CHECKPOINT_DIR} is intact")
+        folder = RunDir(out).checkpoints
+        raise CheckpointError(f"cannot resume: none of the {len(found)} checkpoints in {folder} is intact")
     return None
 
 
 def remove_partial_writes(out: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that a crash during atomic_write left in the checkpoint folder."""
-    folder = Path(out) / CHECKPOINT_DIR
+    folder = RunDir(out).checkpoints
     stale = list(folder.glob(".*.tmp")) if folder.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
@@ -162,7 +164,27 @@ def restore(resumed: Resumable, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def saved_workers(cfg: TrainConfig) -> int | None:
     """The loader workers of the run being resumed, as its config.yaml records them."""
-    path = Path(cfg.out) / "config.yaml"
+    path = RunDir(cfg.out).config
     if not (cfg.resume and path.is_file()):
         return None
     return yaml.safe_load(path.read_text()).get("derived", {}).get("workers")
+
+
+def resume_point(cfg: TrainConfig, procs: distributed.Processes, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, ema: ModelEMA | None, total_steps: int) -> Resumable | None:  # fmt: skip
+    """With --resume, the newest intact checkpoint of cfg.out, its weights, optimiser, scaler and EMA loaded
+    (`restore`); None for a new run, and for a resumed one without a checkpoint yet (said on stderr)."""
+    if not cfg.resume:
+        return None
+    resumed, out = newest_checkpoint(cfg, procs), Path(cfg.out)
+    if resumed is None:
+        _say(procs, f"{out} has no checkpoint yet: starting from the beginning")
+        return None
+    restore(resumed, model, optimizer, scaler, ema, total_steps)
+    _say(procs, f"resuming {out} at step {resumed.step} of {total_steps} from {resumed.path}")
+    return resumed
+
+
+def _say(procs: distributed.Processes, message: str) -> None:
+    if procs.is_main:
+        print(message, file=sys.stderr)
