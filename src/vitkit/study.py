@@ -23,8 +23,6 @@ import csv
 import dataclasses
 import json
 import math
-import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence, get_args
 
@@ -35,7 +33,6 @@ from tqdm import tqdm
 from .checkpoints.load import load
 from .data import DataSource, load_data
 from .data.datasets import parse_spec
-from .data.streaming import StreamedSplit
 from .data.subsets import check_size, dataset_labels, split_subset, subset_indices
 from .data.transforms import eval_transform
 from .evaluate import eval_loader
@@ -44,11 +41,11 @@ from .files import atomic_write
 from .flops import step_flops
 from .models import get_config, resolve_name
 from .precision import Requested
-from .study_analysis import METRICS, analyse
+from .study_analysis import METRICS, analyse, summarise
 from .study_plots import plot_accuracy_vs_flops, plot_accuracy_vs_size
 from .train import NonFiniteLoss, fit, get_recipe, make_config
-from .train.loop import BEST
 from .train.recipes import FAMILY_RECIPES, Recipe
+from .train.rundir import RunDir
 from .train.runlog import read_metrics
 
 FAMILIES = tuple(FAMILY_RECIPES)
@@ -233,16 +230,11 @@ def fewshot_task(data: DataSource) -> FewShotTask | None:
     return FewShotTask(pool, data.split("test"), data.channels, K)
 
 
-def _held(source: DataSource) -> DataSource:
-    """Subsets and the few-shot pool are drawn by index: a streamed training split is read into memory."""
-    return dataclasses.replace(source, train=source.train.held()) if isinstance(source.train, StreamedSplit) else source
-
-
 def transfer_task(spec: str, models: Sequence[str], data_root: str | None = None) -> FewShotTask:
     """The transfer dataset's 10-shot task, once its images have been checked to resize to every model's input;
     a one-line ValueError for a dataset that cannot be read or whose images cannot be fed to a model."""
     try:
-        source = _held(load_data(spec, data_root))
+        source = load_data(spec, data_root).indexable()  # the few-shot pool is drawn by index
         task = fewshot_task(source)
         image = source.split("test")[0][0]
     except (ValueError, OSError, ImportError, IndexError, RuntimeError) as e:
@@ -263,7 +255,8 @@ def _evaluate(run_dir: Path, task: FewShotTask | None, transfer: FewShotTask | N
               device: torch.device) -> dict[str, Any]:  # fmt: skip
     """Test top-1, 10-shot and transfer 10-shot accuracy of the run's chosen weights (the best held-out, else the
     final), in fp32; one forward pass gives the test split's logits and features."""
-    model = load(run_dir / (BEST if plan.holdout else "model.safetensors")).to(device).eval()
+    files = RunDir(run_dir)
+    model = load(files.best if plan.holdout else files.final).to(device).eval()
     test_x, test_logits, test_y = representations(model, eval_loader(data.test, model.config.data_config, data.channels))
     return {
         "top1": (test_logits.argmax(dim=1) == test_y).double().mean().item(),
@@ -285,16 +278,17 @@ def _run(
     record = {"model": model, "family": plan.models[model], "size": size, "seed": seed, "steps": recipe.steps,
               "budget_steps": recipe.steps, "images_seen": recipe.steps * recipe.batch_size, "run_dir": str(run_dir),
               "diverged": None}  # fmt: skip
-    if not (run_dir / "model.safetensors").is_file():
+    files = RunDir(run_dir)
+    if not files.final.is_file():
         every = max(1, recipe.steps // plan.evaluations)
         cfg = make_config(
             dataclasses.asdict(recipe), data=plan.data, model=model, recipe_name=plan.recipe_name(model),
-            out=str(run_dir), resume=(run_dir / "config.yaml").is_file(), seed=seed, subset=size, subset_seed=seed,
+            out=str(run_dir), resume=files.config.is_file(), seed=seed, subset=size, subset_seed=seed,
             holdout=plan.holdout, eval_every=every, checkpoint_every=every, patience=plan.patience,
             precision=plan.precision, **execution,
         )  # fmt: skip
         try:
-            fit(cfg)
+            fit(cfg, data)  # the study's copy of the data, held once
         except NonFiniteLoss as e:
             flops = step_flops(get_config(model), "train") * record["images_seen"]
             record.update(top1=None, fewshot_10=None, transfer_10=None, train_flops=flops, heldout_top1=None,
@@ -302,7 +296,7 @@ def _run(
     if record["diverged"] is None:
         device = torch.device(execution.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
         scores = _evaluate(run_dir, *tasks, data, plan, device)
-        metrics = read_metrics(run_dir / "metrics.jsonl")
+        metrics = read_metrics(files.metrics)
         heldout = [r["eval_top1"] for r in metrics if "eval_top1" in r]
         steps = max(r["step"] for r in metrics)  # fewer than the budget when the run stopped early
         record.update(top1=scores["top1"], fewshot_10=scores["fewshot_10"], transfer_10=scores["transfer_10"],
@@ -312,24 +306,6 @@ def _run(
     text = json.dumps(record, indent=1)
     atomic_write(run_dir / RESULT, lambda tmp: Path(tmp).write_text(text))
     return record
-
-
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread (population std) over seeds of each (model, size)."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        groups[r["model"], r["size"]].append(r)
-    rows = []
-    for (model, size), group in groups.items():
-        row: dict[str, Any] = {"model": model, "family": group[0]["family"], "size": size, "seeds": len(group),
-                               "train_flops": statistics.mean(r["train_flops"] for r in group),
-                               "diverged": sum(r.get("diverged") is not None for r in group)}  # fmt: skip
-        for key in METRICS:
-            values = torch.tensor([r[key] for r in group if r.get(key) is not None], dtype=torch.float64)
-            row[key] = values.mean().item() if len(values) else None
-            row[f"{key}_std"] = values.std(correction=0).item() if len(values) else None
-        rows.append(row)
-    return rows
 
 
 def format_summary(study: dict[str, Any]) -> str:
@@ -433,7 +409,7 @@ def data_scale(
     plan = Plan(data, sizes, resolve_models(data, models), budget(sizes, images_seen, epochs_of_largest), per_size,
                 holdout, precision, dict(recipe_overrides or {}), evaluations, epochs_of_largest, patience, transfer,
                 recipes or None)  # fmt: skip
-    source = _held(load_data(data, data_root))
+    source = load_data(data, data_root).indexable()  # held once, for the subsets, the few-shot pool and every run
     _check(plan, source)
     tasks = (fewshot_task(source), transfer_task(transfer, list(plan.models), data_root) if transfer else None)
     out = Path(out)

@@ -1,21 +1,42 @@
-"""What a data-scale study (vitkit.study) says about the ViT's gap: per size, each model's accuracy minus the
-reference ViT's, paired by seed (at a size and seed every model trains on the same images); the slope of that
-gap against log10(size), with its uncertainty over seeds; and, where the other model still leads at the largest
-size and the gap shrinks, the size at which the fitted line reaches zero, an extrapolation.
+"""A data-scale study's (vitkit.study) runs summarised, each model and size over its seeds (`summarise`), and
+what they say about the ViT's gap: per size, each model's accuracy minus the reference ViT's, paired by seed (at
+a size and seed every model trains on the same images); the slope of that gap against log10(size), with its
+uncertainty over seeds; and, where the other model still leads at the largest size and the gap shrinks, the
+size at which the fitted line reaches zero, an extrapolation.
 
 Pure functions of the runs' records ({"model", "size", "seed", metric: float | None, ...}); no training.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 # the accuracies a study records for every run, and their labels
 METRICS = {"top1": "test top-1", "fewshot_10": "10-shot linear", "transfer_10": "transfer 10-shot"}
 BOOTSTRAP = 2000  # resamples of the seeds within each size
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread (population std) over seeds of each (model, size)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[r["model"], r["size"]].append(r)
+    rows = []
+    for (model, size), group in groups.items():
+        row: dict[str, Any] = {"model": model, "family": group[0]["family"], "size": size, "seeds": len(group),
+                               "train_flops": statistics.mean(r["train_flops"] for r in group),
+                               "diverged": sum(r.get("diverged") is not None for r in group)}  # fmt: skip
+        for key in METRICS:
+            values = torch.tensor([r[key] for r in group if r.get(key) is not None], dtype=torch.float64)
+            row[key] = values.mean().item() if len(values) else None
+            row[f"{key}_std"] = values.std(correction=0).item() if len(values) else None
+        rows.append(row)
+    return rows
 
 
 def paired_gaps(runs: Sequence[dict[str, Any]], key: str, model: str, reference: str) -> dict[int, list[float]]:
