@@ -18,6 +18,7 @@ from pathlib import Path
 from unittest import mock
 
 from vitkit.train import fit, make_config
+from vitkit.train.rundir import RunDir
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +34,7 @@ def images_per_s(steps: int, batched: bool, out: Path) -> float:
     else:  # no batched data: the loop falls back to the per-image transforms, as it does for RandAugment
         with mock.patch("vitkit.train.loop.batched_training_data", return_value=None):
             fit(cfg)
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(RunDir(out).metrics)]
     return statistics.median(r["images_per_s"] for r in rows if "images_per_s" in r and r["step"] > 20)
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vitkit.study import data_scale, reference_vit  # noqa: E402
 from vitkit.study_analysis import analyse, format_analysis, format_by_size  # noqa: E402
+from vitkit.train.rundir import RunDir  # noqa: E402
 from vitkit.train.runlog import read_metrics  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,7 +55,7 @@ def probe(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             result = data_scale("fashion_mnist", [3000], [model], PROBE_STEPS * 128, 1, Path(tmp) / model,
                                 precision=args.precision, progress=False, evaluations=args.evaluations)  # fmt: skip
             run = result["runs"][0]
-            metrics = read_metrics(Path(run["run_dir"]) / "metrics.jsonl")
+            metrics = read_metrics(RunDir(run["run_dir"]).metrics)
             train = statistics.median(r["images_per_s"] for r in metrics[1:] if "images_per_s" in r)
             evals = statistics.median(r["eval_images_per_s"] for r in metrics if "eval_images_per_s" in r)
             held_out = args.evaluations * 300 / evals
@@ -108,7 +109,7 @@ def main() -> None:
     figures.mkdir(parents=True, exist_ok=True)
     for name in ("accuracy_vs_size.png", "accuracy_vs_flops.png"):
         shutil.copyfile(study["files"][name], figures / name)
-    train_seconds = {r["run_dir"]: read_metrics(Path(r["run_dir"]) / "metrics.jsonl")[-1]["time_s"] for r in study["runs"]}
+    train_seconds = {r["run_dir"]: read_metrics(RunDir(r["run_dir"]).metrics)[-1]["time_s"] for r in study["runs"]}
     result = {
         **study,
         "train_minutes_per_run": {k: round(v / 60, 2) for k, v in train_seconds.items()},

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from vitkit.checkpoints.io import atomic_write  # noqa: E402
 from vitkit.study import FIGURES, collect, resolve_models, transfer_task  # noqa: E402
 from vitkit.study_analysis import format_analysis, format_by_size  # noqa: E402
+from vitkit.train.rundir import RunDir  # noqa: E402
 from vitkit.train.runlog import read_metrics  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "data_scale_gpu.json"
@@ -140,7 +141,7 @@ def report(args: argparse.Namespace, out: Path, steps: dict[str, Any], started: 
     study_dir = out / "study"
     result = collect(study_dir)
     read = lambda name: json.loads((out / name).read_text()) if (out / name).is_file() else None  # noqa: E731
-    seconds = {r["run_dir"]: read_metrics(Path(r["run_dir"]) / "metrics.jsonl")[-1]["time_s"] for r in result["runs"]}
+    seconds = {r["run_dir"]: read_metrics(RunDir(r["run_dir"]).metrics)[-1]["time_s"] for r in result["runs"]}
     machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
     result.update(tuning=read("tune_recipes.json"), tuning_winners=read("recipes.json"), steps=steps,
                   train_seconds_per_run={k: round(v, 1) for k, v in seconds.items()}, machine=machine,

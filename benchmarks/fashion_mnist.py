@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from vitkit.train.rundir import RunDir
+
 RESULTS = Path(__file__).parent / "results"
 TARGETS = (90, 92, 93, 94)  # test top-1, %
 
@@ -57,7 +59,7 @@ def main() -> None:
         raise SystemExit(process.returncode)
     wall_min = (time.time() - start) / 60
 
-    rows = [json.loads(line) for line in open(Path(args.out) / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(RunDir(args.out).metrics)]
     evals = [r for r in rows if "eval_top1" in r]
     train = [r for r in rows if "images_per_s" in r]
     in_budget = [e for e in evals if e["time_s"] <= args.budget_minutes * 60]

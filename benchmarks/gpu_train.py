@@ -31,6 +31,7 @@ import yaml
 import vitkit
 from vitkit.train import fit, make_config
 from vitkit.train.graphs import GraphStep
+from vitkit.train.rundir import RunDir
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("vit_fashion_patch4_28", "resnetv2_fashion_28", "vit_fashion_hybrid_28")
@@ -89,9 +90,9 @@ def end_to_end(model_name: str, batch: int, device: str, steps: int, out: Path, 
     started = time.perf_counter()
     fit(cfg)
     wall = time.perf_counter() - started
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in RunDir(out).metrics.read_text().splitlines()]
     speeds = [r["images_per_s"] for r in rows if "images_per_s" in r]
-    derived = yaml.safe_load((out / "config.yaml").read_text())["derived"]
+    derived = yaml.safe_load(RunDir(out).config.read_text())["derived"]
     return {
         "images_per_s": statistics.median(speeds[1:] or speeds), "records": len(speeds), "steps": steps,
         "wall_s": round(wall, 2), "feed": derived["augmentation"], "cuda_graphs": derived["cuda_graphs"],

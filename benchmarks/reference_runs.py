@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from vitkit.train import fit, make_config
+from vitkit.train.rundir import RunDir
 
 RUNS = {"vit": "vit_fashion_patch4_28", "resnet": "resnetv2_fashion_28", "hybrid": "vit_fashion_hybrid_28"}
 RECIPES = {"vit": "small-data-vit", "resnet": "small-data-resnet", "hybrid": "small-data-hybrid"}
@@ -52,7 +53,7 @@ def reference_run(family: str, out: Path, data_root: str, steps: int) -> dict[st
     return {
         "model": RUNS[family],
         "weights_sha256": weights_sha256(result.checkpoint),
-        "metrics_sha256": metrics_sha256(result.out_dir / "metrics.jsonl"),
+        "metrics_sha256": metrics_sha256(RunDir(result.out_dir).metrics),
     }
 
 

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vitkit.train.rundir import RunDir
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -23,7 +25,7 @@ def train(out: Path, seed: int, extra: list[str]) -> dict:
     command = [sys.executable, "-m", "vitkit", "train", "--data", "mnist5k", "--out", str(out), "--seed", str(seed),
                "--no-progress", *extra]  # fmt: skip
     subprocess.run(command, check=True)
-    evals = [json.loads(line) for line in open(out / "metrics.jsonl") if "eval_top1" in line]
+    evals = [json.loads(line) for line in open(RunDir(out).metrics) if "eval_top1" in line]
     return {"seed": seed, "test_top1": evals[-1]["eval_top1"], "minutes": evals[-1]["time_s"] / 60}
 
 
