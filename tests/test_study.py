@@ -146,7 +146,7 @@ def test_an_interrupted_study_reports_its_finished_runs_then_resumes_and_ends_wi
 
     configs = []
     real_fit = study.fit
-    monkeypatch.setattr(study, "fit", lambda cfg: configs.append(cfg) or real_fit(cfg))
+    monkeypatch.setattr(study, "fit", lambda cfg, *data: configs.append(cfg) or real_fit(cfg, *data))
     result = study.data_scale(**STUDY, out=tmp_path)
     assert [(c.model, Path(c.out).parent.name, Path(c.out).name, c.resume) for c in configs] == [
         ("resnetv2_test_16", "n80", "seed0", True), ("vit_test_patch4_16", "n40", "seed0", False),

@@ -174,8 +174,8 @@ def _setup(cfg: TrainConfig, procs: distributed.Processes, data: DataSource | No
                                procs.device, feed.augmentation == "device", feed.workers)  # fmt: skip
     if procs.is_main:
         print(choice.line(), file=sys.stderr)  # the first line of a run that starts
-        print(f"feed: {feed.augmentation} ({feed.reason}); CUDA graphs: {'on' if graphs else 'off'} ({shape.graphs_why})",
-              file=sys.stderr)  # fmt: skip
+        print(f"feed: {feed.augmentation} ({feed.reason}); CUDA graphs: {'on' if graphs else 'off'} "
+              f"({shape.graphs_why})", file=sys.stderr)  # fmt: skip
     run = Run(
         cfg, procs, data, eval_name, model, feed, accum, test_loader,
         total_steps=recipe.steps or math.ceil(recipe.epochs * feed.steps_per_epoch),

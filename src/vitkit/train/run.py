@@ -32,7 +32,7 @@ from .signals import StopSignals
 
 @dataclass
 class Run:
-    """One training run: what `_setup` builds, and the loop's state (step, best held-out or test top-1, ...)."""
+    """One training run: what the loop's setup builds, and the loop's state (step, best held-out or test top-1, ...)."""
 
     cfg: TrainConfig
     procs: distributed.Processes
