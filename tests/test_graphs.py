@@ -16,6 +16,7 @@ import torch
 import torch.optim.adam as adam
 from safetensors.torch import load_file
 
+import vitkit.train.checks as checks
 import vitkit.train.graphs as graphs
 import vitkit.train.loop as loop
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
@@ -66,7 +67,7 @@ def cpu_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
         return graph
 
     monkeypatch.setattr(graphs.GraphStep, "_warm_up_and_capture", recorded)
-    monkeypatch.setattr(loop, "graphs_allowed", lambda cfg, procs, accum: (cfg.cuda_graphs != "off", "test"))
+    monkeypatch.setattr(checks, "graphs_allowed", lambda cfg, procs, accum: (cfg.cuda_graphs != "off", "test"))
 
 
 def tiny(tmp_path: Path, out: str, **run) -> object:
