@@ -170,7 +170,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from .evaluate import predict_files
-    from .evaluate.predict import checkpoint_classes
+    from .checkpoints.metadata import checkpoint_classes
 
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")

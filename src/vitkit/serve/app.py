@@ -28,7 +28,8 @@ from torchvision.datasets import FashionMNIST
 
 from .. import __version__
 from ..analysis.rollout import attention_rollout
-from ..evaluate.predict import checkpoint_classes, checkpoint_metadata, class_names, image_transform, probabilities
+from ..checkpoints.metadata import checkpoint_classes, checkpoint_dataset
+from ..evaluate.predict import class_names, image_transform, probabilities
 from ..files import sha256_file
 from ..precision import Precision, autocast
 from .batcher import Batcher, batch_sizes
@@ -241,7 +242,7 @@ def app_from_checkpoint(
     precision = options.pop("precision", "fp32")
     on_gpu = torch.cuda.is_available() and precision != "int8"  # int8 runs on CPU
     model = load(path).to(device or ("cuda" if on_gpu else "cpu"))
-    dataset = checkpoint_metadata(path).get("dataset")
+    dataset = checkpoint_dataset(path)
     if precision == "int8":
         from ..quantize import quantize_calibrated
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -28,10 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoints.io import save
+from ..checkpoints.metadata import run_metadata
 from ..data import DataSource, batch_mix, load_data, mix_seed
 from ..data.streaming import first
 from ..evaluate import Evaluation, evaluate
-from ..evaluate.predict import CLASSES_KEY
 from ..precision import autocast, resolve_precision
 from . import distributed
 from .config import TrainConfig, resolve, write_run_config
@@ -203,7 +202,7 @@ class _Run:
 
     @property
     def meta(self) -> dict[str, str]:
-        return {CLASSES_KEY: json.dumps(self.data.classes), "dataset": self.data.name}
+        return run_metadata(self.data.classes, self.data.name)
 
     def say(self, message: str) -> None:
         if self.main:
