@@ -44,9 +44,10 @@ from PIL import Image, ImageOps
 from torchvision.datasets import FashionMNIST
 
 import vitkit
+from vitkit.checkpoints.metadata import CLASSES_KEY
 from vitkit.data import load_data
 from vitkit.data.images import open_image
-from vitkit.evaluate.predict import CLASSES_KEY, image_transform, probabilities
+from vitkit.evaluate.predict import image_transform, probabilities
 
 RESULTS = Path(__file__).parent / "results"
 PHOTOS = Path(__file__).parents[1] / "src" / "vitkit" / "serve" / "page" / "samples" / "photos"

@@ -18,7 +18,7 @@ def fashion_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     from torchvision.datasets import FashionMNIST
 
     from vitkit import create_model, save
-    from vitkit.evaluate.predict import CLASSES_KEY
+    from vitkit.checkpoints.metadata import CLASSES_KEY, DATASET_KEY
 
     torch.manual_seed(0)
     model = create_model("vit_fashion_patch4_28").eval()
@@ -26,7 +26,7 @@ def fashion_checkpoint(tmp_path_factory: pytest.TempPathFactory):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     path = tmp_path_factory.mktemp("serve") / "fashion.safetensors"
-    save(model, path, {CLASSES_KEY: json.dumps(FashionMNIST.classes), "dataset": "fashion_mnist"})
+    save(model, path, {CLASSES_KEY: json.dumps(FashionMNIST.classes), DATASET_KEY: "fashion_mnist"})
     return path
 
 

@@ -154,7 +154,8 @@ LAYERS = [
 ]
 ARROWS = {("train", "evaluate"), ("analysis", "evaluate"), ("quantize", "evaluate"), ("export", "quantize"),
           ("peers", "flops"), ("vitkit", "checkpoints"), ("study", "study_analysis"), ("study", "study_plots"),
-          ("study_plots", "study_analysis"), ("precision", "hardware")}  # fmt: skip
+          ("study_plots", "study_analysis"), ("precision", "hardware"), ("inference", "quantize"),
+          ("analysis", "inference")}  # fmt: skip
 
 
 def room(module: str) -> str:

@@ -152,7 +152,7 @@ def test_a_run_directory_holds_config_metrics_checkpoints_and_plots(data_root, t
 
 
 def load_metadata(path: Path) -> dict[str, str]:
-    from vitkit.evaluate.predict import checkpoint_metadata
+    from vitkit.checkpoints.metadata import checkpoint_metadata
 
     return checkpoint_metadata(path)
 

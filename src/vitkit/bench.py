@@ -30,10 +30,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .flops import Mode, step_flops
+from .hardware import default_device
 from .measure import matmul_peak_gflops, num_threads, peak_memory_mb, reset_peak_memory, sync
 from .models import build_model, get_config
 from .peers import check_agreement, timm_architecture
-from .precision import DTYPES, InferencePrecision, Precision, PrecisionChoice, autocast, resolve_precision
+from .precision import DTYPES, InferencePrecision, PrecisionChoice, autocast, resolve_precision
 
 Runtime = Literal["torch", "onnxruntime"]
 Library = Literal["vitkit", "timm"]
@@ -63,7 +64,7 @@ class RowSpec:
     img_size: int | None
     library: Library
     batch_size: int
-    precision: Precision | Literal["int8"]
+    precision: InferencePrecision  # resolved: never auto
     mode: Mode
     compile: bool
     runtime: Runtime
@@ -156,11 +157,12 @@ def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> tuple[S
     """Quantise `model` (calibrated on `spec.calibrate`'s training images, else on photographs other than
     the check's), then compare it with fp32 on scikit-image's sample photographs, run in batches of the
     row's size (the compiled shape): logit_cosine_vs_fp32 (the smallest) and top1_agreement_vs_fp32."""
-    from .data.photos import photo_batches, sample_images
-    from .quantize import calibration_batches, logit_fidelity, quantize
+    from .data.photos import sample_images
+    from .inference import quantize_for_inference
+    from .quantize import logit_fidelity
 
     cfg = model.config
-    int8 = quantize(model, calibration_batches(spec.calibrate, cfg) if spec.calibrate else photo_batches(cfg.data_config))
+    int8 = quantize_for_inference(model, spec.calibrate)
     photos = sample_images(cfg.data_config)  # (3, C, H, W)
     tiled = photos[torch.arange(-(-len(photos) // spec.batch_size) * spec.batch_size) % len(photos)]
     with torch.inference_mode():
@@ -236,7 +238,7 @@ def _check_settings(
         raise ValueError("--runtime onnxruntime runs fp32 inference without --compile")
     if runtime not in ("torch", "onnxruntime") or compare not in (None, "timm"):
         raise ValueError(f"unknown runtime {runtime!r} or compare {compare!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device(precision)
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device")
     return device, compile

@@ -12,7 +12,10 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+if TYPE_CHECKING:
+    from .inference import InferenceModel
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -102,18 +105,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train, run_fields=run_fields, recipe_fields=recipe_fields)
 
 
-def _load_model(path: str, device: str | None, precision: str = "auto") -> tuple[Any, Any]:
-    """The checkpoint's model on `device` (default: CUDA when present, CPU for int8), in eval mode, and the
-    precision it runs in (`auto` resolved; eval's JSON records it; a warning, if any, goes to stderr)."""
-    from .checkpoints.load import load
-    from .hardware import default_device
-    from .precision import resolve_precision
+def _load(args: argparse.Namespace, **calibration: Any) -> InferenceModel:
+    """`--checkpoint` loaded for inference (`vitkit.inference`) with --device, --precision and --calibrate;
+    a precision warning, if any, goes to stderr."""
+    from .inference import load_for_inference
 
-    device = device or default_device(precision)
-    choice = resolve_precision(precision, device)  # bad input fails before the checkpoint is read
-    if choice.warning:
-        print(f"vitkit: warning: {choice.warning}", file=sys.stderr)
-    return load(path).to(device).eval(), choice
+    loaded = load_for_inference(args.checkpoint, args.device, args.precision, args.calibrate, **calibration)
+    if loaded.choice.warning:
+        print(f"vitkit: warning: {loaded.choice.warning}", file=sys.stderr)
+    return loaded
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -121,19 +121,14 @@ def _eval(args: argparse.Namespace) -> int:
     from .data.streaming import first
     from .evaluate import eval_loader, evaluate, plot_confusion
 
-    model, choice = _load_model(args.checkpoint, args.device, args.precision)
-    precision = choice.precision
+    loaded = _load(args, calibrate_default=args.data, data_root=args.data_root)  # int8: --data's training split
+    model, choice = loaded.model, loaded.choice
     data = load_data(args.data, args.data_root)
     dataset = first(data.split(args.split), args.limit)
     if model.config.num_classes != len(data.classes):
         raise ValueError(f"the checkpoint has {model.config.num_classes} classes, {data.name} has {len(data.classes)}")
-    device = next(model.parameters()).device
     loader = eval_loader(dataset, model.config.data_config, data.channels, args.batch_size, args.workers)
-    if precision == "int8":
-        from .quantize import quantize_calibrated
-
-        model, precision = quantize_calibrated(model, args.calibrate or args.data, args.data_root), "fp32"
-    ev = evaluate(model, loader, len(data.classes), device, precision)
+    ev = evaluate(loaded.classifier, loader, len(data.classes), loaded.device, loaded.precision)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(ev.confusion, data.classes, out / f"confusion-{args.split}.png")
@@ -170,24 +165,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from .evaluate import predict_files
-    from .evaluate.predict import checkpoint_classes
+    from .checkpoints.metadata import checkpoint_classes
 
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     from .precision import autocast
 
-    if args.precision == "int8":
-        from .quantize import check_calibration
-
-        check_calibration(args.calibrate)
-    model, choice = _load_model(args.checkpoint, args.device, args.precision)
-    precision, device = choice.precision, next(model.parameters()).device
-    if precision == "int8":
-        from .quantize import quantize_calibrated
-
-        model, precision = quantize_calibrated(model, args.calibrate), "fp32"
-    with autocast(device, precision):
-        predictions = predict_files(model, args.images, checkpoint_classes(args.checkpoint), args.topk)
+    loaded = _load(args)  # int8: no default calibration data, --calibrate is required
+    with autocast(loaded.device, loaded.precision):
+        predictions = predict_files(loaded.classifier, args.images, checkpoint_classes(args.checkpoint), args.topk)
     for p in predictions:
         if p.error is not None:
             print(f"vitkit predict: error: {p.image}: {p.error}", file=sys.stderr)

@@ -113,20 +113,6 @@ def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], compile: boo
         return Int8Model(convert_pt2e(observed), model.config, compile)
 
 
-def check_calibration(calibrate: str | None) -> None:
-    """A one-line ValueError unless a calibration dataset is named (checked before any work)."""
-    if not calibrate:
-        raise ValueError("--precision int8 needs calibration images: --calibrate DATASET (its training split)")
-
-
-def quantize_calibrated(
-    model: nn.Module, calibrate: str | None, root: str | os.PathLike | None = None, compile: bool = True
-) -> Int8Model:
-    """`quantize` calibrated on a few hundred training images of dataset `calibrate` (`--calibrate`)."""
-    check_calibration(calibrate)
-    return quantize(model, calibration_batches(calibrate, model.config, root=root), compile)
-
-
 # ---- calibration images --------------------------------------------------------------------------
 def calibration_batches(
     spec: str,

@@ -13,16 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..checkpoints.load import load
 from ..data import DataSource, load_data
 from ..evaluate.classify import eval_loader
 from ..evaluate.fewshot import DEFAULT_L2, extract_features, fewshot, linear_probe
+from ..inference import load_for_inference
 from .report import analyze
-
-
-def _load_model(path: str, device: str | None) -> nn.Module:
-    model = load(path)
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
 def _shots(text: str) -> list[int]:
@@ -42,7 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    model = _load_model(args.checkpoint, args.device)
+    model = load_for_inference(args.checkpoint, args.device, "fp32").model  # the analyses read fp32 weights
     data = load_data(args.data, args.data_root)
     split = data.split(args.split)
     subset = Subset(split, range(min(args.images, len(split))))
@@ -85,7 +80,7 @@ def _features(
 
 
 def _fewshot(args: argparse.Namespace) -> int:
-    model = _load_model(args.checkpoint, args.device)
+    model = load_for_inference(args.checkpoint, args.device, "fp32").model  # frozen features, in fp32
     data = load_data(args.data, args.data_root)
     K = len(data.classes)
     train_x, train_y = _features(model, data, "train", args)

@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from torchvision.transforms import v2
 
 from ..data import eval_transform
 from ..data.images import ImageDecodeError, open_image
-
-CLASSES_KEY = "classes"  # checkpoint metadata: a JSON list of class names, index = class id
-
-
-def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string entries of a .safetensors file's header; empty for other files and directories."""
-    path = Path(path)
-    if path.is_dir() or path.suffix != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
-    """The class names a training run stored in its checkpoint, if any."""
-    names = checkpoint_metadata(path).get(CLASSES_KEY)
-    return json.loads(names) if names else None
 
 
 @dataclass

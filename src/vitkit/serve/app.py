@@ -28,9 +28,11 @@ from torchvision.datasets import FashionMNIST
 
 from .. import __version__
 from ..analysis.rollout import attention_rollout
-from ..evaluate.predict import checkpoint_classes, checkpoint_metadata, class_names, image_transform, probabilities
+from ..checkpoints.metadata import checkpoint_classes, checkpoint_dataset
+from ..evaluate.predict import class_names, image_transform, probabilities
 from ..files import sha256_file
-from ..precision import Precision, autocast
+from ..inference import load_for_inference
+from ..precision import InferencePrecision, Precision, autocast
 from .batcher import Batcher, batch_sizes
 from .middleware import BodyLimit, Metrics, MetricsMiddleware, error
 from .oip import add_oip_routes
@@ -231,23 +233,21 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def app_from_checkpoint(
-    path: str | os.PathLike, device: str | None = None, calibrate: str | None = None, **options: Any
+    path: str | os.PathLike,
+    device: str | None = None,
+    calibrate: str | None = None,
+    *,
+    precision: InferencePrecision = "fp32",
+    **options: Any,
 ) -> FastAPI:
-    """create_app for a checkpoint file: its model, class names, training data's name and checksum.
-    With precision="int8", the model is quantised on a few hundred images of dataset `calibrate`'s training
-    split (default: the checkpoint's own training data) and compiled for every batch size it will see."""
-    from ..checkpoints.load import load
-
-    precision = options.pop("precision", "fp32")
-    on_gpu = torch.cuda.is_available() and precision != "int8"  # int8 runs on CPU
-    model = load(path).to(device or ("cuda" if on_gpu else "cpu"))
-    dataset = checkpoint_metadata(path).get("dataset")
-    if precision == "int8":
-        from ..quantize import quantize_calibrated
-
-        options["int8"] = quantize_calibrated(model, calibrate or dataset)
-        options["int8"].warm_up(options.get("max_batch", 32))
-    else:
-        options["precision"] = precision
-    return create_app(model, checkpoint_classes(path), checksum=sha256_file(path), dataset=dataset, **options)
-
+    """create_app for a checkpoint file (loaded by `vitkit.inference.load_for_inference`): its model, class
+    names, training data's name and checksum. With precision="int8", the model is quantised on a few hundred
+    images of dataset `calibrate`'s training split (default: the checkpoint's own training data) and compiled
+    for every batch size it will see. `precision` defaults to fp32 here (`vitkit serve`'s is auto), so that
+    the app gives `vitkit predict --precision fp32`'s probabilities exactly. `options`: create_app's."""
+    dataset = checkpoint_dataset(path)
+    loaded = load_for_inference(path, device, precision, calibrate, calibrate_default=dataset)
+    if loaded.int8 is not None:
+        loaded.int8.warm_up(options.get("max_batch", 32))
+    return create_app(loaded.model, checkpoint_classes(path), checksum=sha256_file(path), dataset=dataset,
+                      precision=loaded.precision, int8=loaded.int8, **options)  # fmt: skip

@@ -9,8 +9,7 @@ import sys
 
 import torch
 
-from ..hardware import default_device
-from ..precision import resolve_precision
+from ..inference import inference_device
 from .workers import default_threads, run_workers
 
 
@@ -33,8 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
                          f"{max_queue}, {args.timeout_ms:g} and {args.max_images_per_request}")  # fmt: skip
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
-    device = args.device or default_device(args.precision)
-    choice = resolve_precision(args.precision, device)
+    device, choice = inference_device(args.precision, args.device)
     print(choice.line(), file=sys.stderr)
     options = dict(
         path=args.checkpoint, device=device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

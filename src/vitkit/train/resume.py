@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..checkpoints.io import CheckpointError, read_vitkit_file, save
-from ..evaluate.predict import checkpoint_metadata
+from ..checkpoints.metadata import checkpoint_metadata
 from ..files import atomic_write, sha256_file
 from . import distributed
 from .config import TrainConfig

@@ -3,7 +3,6 @@ counters; and what the run does between steps: evaluate, keep the best weights, 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..checkpoints.io import save
+from ..checkpoints.metadata import run_metadata
 from ..data import DataSource
 from ..evaluate import Evaluation, evaluate
-from ..evaluate.predict import CLASSES_KEY
 from . import distributed
 from .config import TrainConfig
 from .device_feed import DeviceBatches
@@ -79,7 +78,7 @@ class Run:
 
     @property
     def meta(self) -> dict[str, str]:
-        return {CLASSES_KEY: json.dumps(self.data.classes), "dataset": self.data.name}
+        return run_metadata(self.data.classes, self.data.name)
 
     def say(self, message: str) -> None:
         if self.main:
