@@ -33,7 +33,7 @@ browser:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
 	else echo "no apt-get: install Chromium yourself for tests/test_serve_process.py"; fi
 
-# The main job: a small ViT trained from scratch on Fashion-MNIST (about 10 minutes on 2 CPU cores),
+# The main job: a small ViT trained from scratch on Fashion-MNIST (3-4 minutes of training on 2 CPU cores),
 # evaluated on the test set; it prints where the checkpoint, metrics and plots are.
 run: setup data
 	$(BIN)/vitkit train --data fashion_mnist --out runs/quickstart
