@@ -48,7 +48,7 @@ test: setup data browser
 
 # The tests whose paths depend on CPU features (int8, precision, Muon), again as an AVX2-only x86-64 runs them:
 # PyTorch, oneDNN and MKL capped at AVX2 (vitkit.hardware.AVX2_ENV). About a minute; .ci/run runs it after `make test`.
-AVX2_TESTS := tests/test_hardware.py tests/test_int8.py tests/test_inference.py tests/test_train.py::test_muon_steps_each_hidden_matrix_by_the_polar_factor_of_its_gradient_and_adamw_the_rest "tests/test_train.py::test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one[muon]"
+AVX2_TESTS := tests/test_hardware.py tests/test_int8.py tests/test_inference.py tests/test_train.py::test_muon_steps_each_hidden_matrix_by_the_polar_factor_of_its_gradient_and_adamw_the_rest "tests/test_train.py::test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one[muon]" tests/test_serve.py::test_int8_serving_is_calibrated_on_the_checkpoints_data_and_follows_fp32
 test-avx2: setup data
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(BIN)/python -m pytest -q $(AVX2_TESTS)
 

@@ -21,7 +21,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from torchvision.datasets import FashionMNIST
 
-from vitkit import create_model, save
+from vitkit import create_model, hardware, save
 from vitkit.analysis.rollout import attention_rollout
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
@@ -397,7 +397,7 @@ def test_bf16_probabilities_are_those_of_fp32_within_bf16_rounding(model):
 
 
 needs_int8_cpu = pytest.mark.skipif(
-    not (torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()), reason="no VNNI/AMX int8 on this CPU"
+    not hardware.cpu().int8, reason=f"needs {hardware.cpu().missing_int8}: this CPU is {hardware.cpu().summary()}"
 )
 
 
