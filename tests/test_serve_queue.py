@@ -23,7 +23,7 @@ from test_serve import noisy_test_model
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
 from vitkit.serve.app import create_app
-from vitkit.serve.batcher import Batcher
+from vitkit.serve.batcher import Batcher, QueueFull
 from vitkit.serve.readiness import Readiness
 
 CLASSES = [f"class {i}" for i in range(10)]
@@ -339,3 +339,20 @@ def test_a_bad_serve_option_is_a_one_line_error_with_exit_2(fashion_checkpoint, 
     assert main(["serve", "--checkpoint", str(fashion_checkpoint), *option]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err and option[0] in err
+
+
+def test_admitted_requests_hold_their_room_until_queued_or_released():
+    """Admission reserves: requests admitted while their images decode cannot together pass --max-queue
+    (and be refused only after the decoding); a released or queued reservation frees its room."""
+    batcher = Batcher(lambda x: x, max_batch=4, max_queue=8)
+    first = batcher.reserve(6)
+    with pytest.raises(QueueFull, match="6 admitted"):
+        batcher.reserve(4)
+    second = batcher.reserve(2)
+    first.release()
+    first.release()  # idempotent
+    assert batcher.reserved == 2
+    batcher.reserve(6).release()
+    second.release()
+    assert batcher.reserved == 0
+    batcher.reserve(100).release()  # an empty queue with nothing reserved takes any number

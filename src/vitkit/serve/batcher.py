@@ -34,6 +34,20 @@ class QueueFull(Exception):
     """The queue holds `max_queue` images: the request is refused without waiting."""
 
 
+class Reservation:
+    """Room for `n` images held in a batcher's queue from admission until they are queued (`submit_many`) or
+    the request ends (`release`), so that requests admitted while their images decode cannot all pass the
+    bound together and be refused only after the decoding work."""
+
+    def __init__(self, batcher: Batcher, n: int) -> None:
+        self.batcher, self.n = batcher, n
+
+    def release(self) -> None:
+        """Give back what is still held (idempotent)."""
+        self.batcher.reserved -= self.n
+        self.n = 0
+
+
 class QueueTimeout(Exception):
     """The image waited in the queue longer than the timeout: it was dropped without being computed."""
 
@@ -77,6 +91,7 @@ class Batcher:
         self.fn = fn
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.max_queue, self.timeout = max_queue, timeout_s
+        self.reserved = 0  # images of admitted requests not queued yet (Reservation)
         self.sizes = batch_sizes(max_batch)
         self.on_batch, self.on_depth = on_batch, on_depth
         self._queue: collections.deque[_Item] = collections.deque()
@@ -92,9 +107,18 @@ class Batcher:
         return len(self._queue)
 
     def check_room(self, n: int) -> None:
-        """Raise QueueFull unless `n` more images fit in the queue (an empty queue takes any number)."""
-        if self.max_queue is not None and self._queue and len(self._queue) + n > self.max_queue:
-            raise QueueFull(f"the queue is full ({len(self._queue)} images waiting, --max-queue {self.max_queue})")
+        """Raise QueueFull unless `n` more images fit beside those waiting and those reserved (an empty queue
+        with nothing reserved takes any number)."""
+        held = len(self._queue) + self.reserved
+        if self.max_queue is not None and held and held + n > self.max_queue:
+            raise QueueFull(f"the queue is full ({len(self._queue)} images waiting, {self.reserved} admitted, "
+                            f"--max-queue {self.max_queue})")  # fmt: skip
+
+    def reserve(self, n: int) -> Reservation:
+        """Admit a request of `n` images: QueueFull now, or room held for them until they are queued."""
+        self.check_room(n)
+        self.reserved += n
+        return Reservation(self, n)
 
     def start(self, executor: Executor) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(executor))
@@ -110,13 +134,17 @@ class Batcher:
         """image: (C, H, W) -> its row of fn's output, once its batch has run."""
         return (await self.submit_many([image]))[0]
 
-    async def submit_many(self, images: list[torch.Tensor]) -> list[Row]:
+    async def submit_many(self, images: list[torch.Tensor], reservation: Reservation | None = None) -> list[Row]:
         """images: each (C, H, W) -> their rows of fn's output, in order. All are queued or none: `QueueFull`
         when they would pass `max_queue` (an empty queue takes any number). `QueueTimeout` when one waited
-        longer than `timeout_s`; cancelling the call drops its images that have not started."""
+        longer than `timeout_s`; cancelling the call drops its images that have not started. With a
+        `reservation` (from `reserve`), the images take its room instead of being checked again."""
         if self._worker is None or self._worker.done():
             raise RuntimeError("the batcher is not running")
-        self.check_room(len(images))
+        if reservation is not None:
+            reservation.release()
+        else:
+            self.check_room(len(images))
         loop = asyncio.get_running_loop()
         items = [_Item(image, loop.create_future()) for image in images]
         self._queue.extend(items)

@@ -81,7 +81,7 @@ def add_oip_routes(app: FastAPI, served: Served, name: str, dependencies: list[A
         """The probabilities of a batch of encoded images (`images`) or preprocessed pixels (`pixels`)."""
         model(model_name)
         header, tensors = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-        served.admit("predict", 1)
+        served.admit("predict", 1).release()  # refuse early when full; the tensor's N is checked when queued
         images = await _images(header, tensors, served, (C, H, W))
         probs = torch.stack(await served.compute(request, "predict", images)).float().numpy()
         return _response(header, name, probs)

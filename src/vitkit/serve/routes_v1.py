@@ -49,12 +49,15 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
         upload = await read_upload(request, served.max_images)
-        served.admit(kind, len(upload.images))
-        images = await served.decode_async(upload.images)
-        if not upload.batch and isinstance(images[0], str):
-            raise HTTPException(400, images[0])
-        good = [x for x in images if isinstance(x, torch.Tensor)]
-        rows = iter(await served.compute(request, kind, good) if good else [])
+        reservation = served.admit(kind, len(upload.images))
+        try:
+            images = await served.decode_async(upload.images)
+            if not upload.batch and isinstance(images[0], str):
+                raise HTTPException(400, images[0])
+            good = [x for x in images if isinstance(x, torch.Tensor)]
+            rows = iter(await served.compute(request, kind, good, reservation) if good else [])
+        finally:
+            reservation.release()
         results = []
         for image in images:
             if isinstance(image, str):

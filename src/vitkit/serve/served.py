@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from ..data.images import ImageDecodeError, open_image
-from .batcher import Batcher, QueueFull, QueueTimeout, Row
+from .batcher import Batcher, QueueFull, QueueTimeout, Reservation, Row
 from .middleware import Metrics
 from .readiness import Readiness
 
@@ -59,11 +59,12 @@ class Served:
     async def decode_async(self, images: list[bytes | str]) -> list[torch.Tensor | str]:
         return await run_in_threadpool(self.decode, images)
 
-    def admit(self, kind: str, n: int) -> None:
+    def admit(self, kind: str, n: int) -> Reservation:
         """Refuse at once (503) a request of `n` images that the queue has no room for, before its images
-        are decoded: under overload the refusals stay cheap."""
+        are decoded: under overload the refusals stay cheap. Else hold the room while they decode; the
+        caller releases the reservation when the request ends."""
         try:
-            self.batchers[kind].check_room(n)
+            return self.batchers[kind].reserve(n)
         except QueueFull as e:
             raise self._refused(e) from None
 
@@ -71,10 +72,11 @@ class Served:
         self.metrics.rejected.inc()
         return HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    async def compute(self, request: Request, kind: str, images: list[torch.Tensor]) -> list[Row]:
+    async def compute(self, request: Request, kind: str, images: list[torch.Tensor],
+                      reservation: Reservation | None = None) -> list[Row]:  # fmt: skip
         """images: each (C, H, W) -> their rows of batcher `kind`'s output, in order, once the request's
         body has been read."""
-        work = asyncio.ensure_future(self.batchers[kind].submit_many(images))
+        work = asyncio.ensure_future(self.batchers[kind].submit_many(images, reservation))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
