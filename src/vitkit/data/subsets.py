@@ -38,7 +38,7 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     A streamed split (wds:, hf:) has no indices to draw subsets from: a one-line error."""
     if not hasattr(dataset, "__getitem__") or isinstance(dataset, IterableDataset):
         raise ValueError(f"class-balanced subsets need a dataset read by index; {getattr(dataset, 'name', 'this split')} "
-                         f"is streamed: hold it in memory first (StreamedSplit.held())")
+                         f"is streamed: hold it in memory first (vitkit.data.streaming.indexable)")
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
     for attribute in ("targets", "labels"):
