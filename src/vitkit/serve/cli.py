@@ -40,7 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * MB), max_queue=max_queue, timeout_ms=args.timeout_ms,
         max_images_per_request=args.max_images_per_request,
     )  # fmt: skip
-    server = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60)
+    stack = http_stack(args.http, args.loop)
+    print(f"HTTP: uvicorn with {stack['http']} and {stack['loop']}", file=sys.stderr)
+    server = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60, **stack)
     if args.workers > 1:
         run_workers(options, args.workers, args.threads_per_worker or default_threads(args.workers), **server)
         return 0
@@ -53,6 +55,21 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda signum, frame: None)
     uvicorn.run(app, **server)
     return 0
+
+
+def http_stack(http: str, loop: str) -> dict[str, str]:
+    """uvicorn's HTTP parser and event loop, `auto` resolved: httptools and uvloop (C; the serve extra installs
+    them) where they import, else h11 and asyncio (pure Python: half the single-image requests/s,
+    docs/serving.md). A stack named explicitly must be installed."""
+    import importlib.util
+
+    chosen = {}
+    for option, name, fast, fallback in (("--http", http, "httptools", "h11"), ("--loop", loop, "uvloop", "asyncio")):
+        installed = importlib.util.find_spec(fast) is not None
+        if name == fast and not installed:
+            raise ValueError(f"{option} {name}: {fast} is not installed (pip install 'vitkit[serve]')")
+        chosen[option[2:]] = name if name != "auto" else fast if installed else fallback
+    return chosen
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,5 +98,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, help="most images queued per worker; beyond, 503 (default 4 x max-batch)")
     p.add_argument("--timeout-ms", type=float, default=30_000.0, help="an image queued longer gets 504 (default 30 s)")
     p.add_argument("--max-images-per-request", type=int, default=64, help="most images in one batch request")
+    p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
+                   help="uvicorn's HTTP parser (auto: httptools where installed, else h11)")
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                   help="uvicorn's event loop (auto: uvloop where installed, else asyncio)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
