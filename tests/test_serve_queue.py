@@ -138,6 +138,34 @@ def test_a_full_queue_is_a_503_with_retry_after_at_once_and_the_queued_are_answe
     assert held.real_sizes == [1, 1, 1]  # the refused image was never computed
 
 
+def test_a_full_queue_refuses_before_reading_the_body_on_v1_and_the_oip(model):
+    """Under overload a refusal costs no reading or parsing: with the queue full, /v1/predict (a multipart
+    batch) and the OIP's infer get their 503 while their bodies are still unread streams."""
+    held = Held(model)
+    app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, max_queue=1)
+    read: list[str] = []
+
+    async def body(name: str):
+        read.append(name)  # only reached if the server asks for the body
+        yield b"never parsed"
+
+    async def work(c: httpx.AsyncClient) -> list[httpx.Response]:
+        first = asyncio.ensure_future(c.post("/v1/predict", content=_png(0)))
+        await _until(held.started.is_set)
+        queued = asyncio.ensure_future(c.post("/v1/predict", content=_png(1)))
+        await _until(lambda: 'vitkit_queue_depth{kind="predict"} 1.0' in _served_metrics(app))
+        multipart = {"content-type": "multipart/form-data; boundary=x"}
+        refused = [await c.post("/v1/predict", content=body("v1"), headers=multipart),
+                   await c.post("/v2/models/vit_test_patch4_16/infer", content=body("oip"))]  # fmt: skip
+        held.release.set()
+        return refused + [await first, await queued]
+
+    responses = asyncio.run(_lifespan_client(app, work))
+    assert [r.status_code for r in responses] == [503, 503, 200, 200]
+    assert read == []
+    assert all(r.headers["retry-after"] == "1" and "--max-queue 1" in r.json()["error"] for r in responses[:2])
+
+
 def test_an_image_queued_past_the_timeout_is_a_504_and_is_never_computed(model):
     held = Held(model)
     app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, timeout_ms=300)
@@ -356,3 +384,16 @@ def test_admitted_requests_hold_their_room_until_queued_or_released():
     second.release()
     assert batcher.reserved == 0
     batcher.reserve(100).release()  # an empty queue with nothing reserved takes any number
+
+
+def test_the_http_stack_is_the_c_one_where_installed_and_a_missing_one_is_named(monkeypatch):
+    import importlib.util
+
+    from vitkit.serve import cli
+
+    assert cli.http_stack("h11", "asyncio") == {"http": "h11", "loop": "asyncio"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "uvloop" else real(name))
+    assert cli.http_stack("auto", "auto") == {"http": "httptools", "loop": "asyncio"}  # serve extra: httptools
+    with pytest.raises(ValueError, match="--loop uvloop: uvloop is not installed"):
+        cli.http_stack("auto", "uvloop")
