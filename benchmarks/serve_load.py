@@ -1,27 +1,27 @@
 """Load on `vitkit serve`: closed-loop clients on loopback against a real server process, per model, worker
 count, images per request and concurrency level; requests/s, images/s, p50/p99 latency, 503s, 504s,
 other errors and each worker's peak RSS, against the ceiling of in-process batched inference (the same
-decoding and preprocessing, batches of --max-batch, no HTTP). Then two checks: --max-queue 64 at 512
-clients (every answer a 200 or a 503), and an overload soak (the server still ready, RSS flat).
+decoding and preprocessing, batches of --max-batch, no HTTP). Then the checks (Fashion-MNIST): uvicorn's
+C HTTP stack against its pure-Python one, clients that honour Retry-After, --max-queue 64 at 512 clients
+(every answer a 200 or a 503; the 200s' p99 against its value at 32 clients), and an overload soak (the
+server still ready, RSS flat).
 
     .venv/bin/python benchmarks/serve_load.py [--duration 30] [--clients 1 8 32 128 512] [--workers 1 2]
         [--images-per-request 1 16] [--soak 300] [--fashion-checkpoint runs/quickstart/model.safetensors]
 
 Models: the Fashion-MNIST ViT (vit_fashion_patch4_28; the given checkpoint, else random weights: speed
 does not depend on them) on Fashion-MNIST test images, and vit_small_patch16_224 (random weights) on
-photographs. A request of k images is a multipart body of k `file` fields. The clients are wrk (Debian's
-`wrk`, a C load generator; `--client wrk`, the default where it is installed), or asyncio + httpx in this
-process (`--client httpx`, single images only). On a small machine the clients share the server's cores:
-httpx's clients cost milliseconds of CPU a request and, at 128 connections on 2 cores, saturated a core
-themselves while the server idled (57 requests/s, against 292 with wrk), so its figures are a floor. wrk's
-latency percentiles are over every answer, 503s included. Writes benchmarks/results/serve_load.json (or
---out) and prints a table.
+photographs. A request of k images is a multipart body of k `file` fields. The clients of the levels are
+wrk (Debian's `wrk`, a C load generator; `--client wrk`, the default where it is installed), or
+benchmarks/http_load.py's asyncio clients in this process (`--client python`), which the checks use
+because they tell the 200s' latency from the 503s' and can honour Retry-After. On a small machine the
+clients share the server's cores. wrk's latency percentiles are over every answer, 503s included, and wrk
+asks again at once after a 503. Writes benchmarks/results/serve_load.json (or --out) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import json
@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.datasets import FashionMNIST
 
+import http_load
 import vitkit
 from vitkit.checkpoints.metadata import CLASSES_KEY
 from vitkit.data import load_data
@@ -190,35 +190,6 @@ def _summary(clients: int, statuses: dict[int, int], broken: int, seconds: float
             "seconds": seconds, "requests_per_s": ok / seconds, "p50_ms": p50, "p99_ms": p99}  # fmt: skip
 
 
-async def load_level(url: str, images: list[bytes], clients: int, duration: float) -> dict:
-    """`clients` closed-loop clients, each posting a random image as soon as its last answer came."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    broken = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
-        end = time.perf_counter() + duration
-
-        async def client(seed: int) -> None:
-            nonlocal broken
-            rng = random.Random(seed)
-            while time.perf_counter() < end:
-                start = time.perf_counter()
-                try:
-                    status = (await c.post("/v1/predict", content=rng.choice(images))).status_code
-                except httpx.HTTPError:
-                    broken += 1
-                    continue
-                statuses[status] = statuses.get(status, 0) + 1
-                latencies.append(time.perf_counter() - start)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        elapsed = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return _summary(clients, statuses, broken, elapsed, q[49] * 1e3, q[98] * 1e3)
-
-
 # wrk posts the bodies in turn (Lua reads them from the files it is given) and counts the answers by status.
 WRK_SCRIPT = """
 local bodies, n, threads = {}, 0, {}
@@ -265,14 +236,21 @@ def wrk_level(url: str, payloads: list[bytes], content_type: str, clients: int, 
     return _summary(clients, statuses, sum(map(int, broken.groups())) if broken else 0, seconds, *latency)
 
 
-def run_level(url: str, images: list[bytes], per_request: int, clients: int, duration: float, client: str) -> dict:
-    if client == "httpx":
-        if per_request != 1:
-            raise SystemExit("--client httpx sends single images only: use wrk for --images-per-request > 1")
-        level = asyncio.run(load_level(url, images, clients, duration))
-    else:
-        level = wrk_level(url + "/v1/predict", *bodies(images, per_request), clients, duration)
-    level.update(images_per_request=per_request, images_per_s=level["requests_per_s"] * per_request)
+def python_level(url: str, payloads: list[bytes], content_type: str, clients: int, duration: float,
+                 retry_after: bool = False) -> dict:  # fmt: skip
+    """`clients` clients of benchmarks/http_load.py: wrk's figures, plus the 200s' own p50/p99."""
+    r = http_load.load(url, http_load.requests(url, payloads, content_type), clients, duration, retry_after)
+    return {**_summary(clients, r["statuses"], r["broken"], r["seconds"], r["p50_ms"], r["p99_ms"]),
+            "p50_200_ms": r["p50_200_ms"], "p99_200_ms": r["p99_200_ms"], "retry_after": retry_after}  # fmt: skip
+
+
+def run_level(url: str, images: list[bytes], per_request: int, clients: int, duration: float, client: str,
+              retry_after: bool = False) -> dict:  # fmt: skip
+    run = python_level if client == "python" or retry_after else wrk_level
+    level = run(url + "/v1/predict", *bodies(images, per_request), clients, duration, **(
+        {"retry_after": True} if retry_after else {}))  # fmt: skip
+    level.update(images_per_request=per_request, images_per_s=level["requests_per_s"] * per_request, client=client
+                 if not retry_after else "python")  # fmt: skip
     return level
 
 
@@ -295,21 +273,50 @@ def measure(name: str, checkpoint: Path, images: list[bytes], args: argparse.Nam
 
 
 def overload(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, seconds: float,
-             max_queue: int | None, reference: float | None = None) -> dict:  # fmt: skip
-    """512 single-image clients for `seconds` against the best-suited server (args.workers[-1] workers):
-    the statuses, latency, RSS before and after, and whether it is still ready."""
+             max_queue: int | None) -> dict:  # fmt: skip
+    """512 single-image clients (benchmarks/http_load.py, asking again at once after a 503) for `seconds`
+    against args.workers[-1] workers, after 32 clients as the reference: statuses, the 200s' p99 against
+    its value at 32 clients, RSS before and after, and whether the server is still ready."""
     options = ("--max-queue", str(max_queue)) if max_queue else ()
     with server(checkpoint, args, args.workers[-1], *options) as (pid, url):
-        run_level(url, images, 1, 32, min(5.0, seconds), args.client)  # to a steady RSS
+        reference = run_level(url, images, 1, 32, min(30.0, seconds), "python")  # and to a steady RSS
         before = memory(pid)
-        level = run_level(url, images, 1, 512, seconds, args.client)
+        level = run_level(url, images, 1, 512, seconds, "python")
         after = memory(pid)
         ready = httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     rss = [b / a - 1 for a, b in zip(before["rss_mb_per_worker"], after["rss_mb_per_worker"])]
-    return {"model": name, "workers": args.workers[-1], "max_queue": max_queue, "seconds": seconds, **level,
+    return {"model": name, "check": "soak" if max_queue is None else "max_queue", "workers": args.workers[-1],
+            "max_queue": max_queue, **level, "reference_32_clients": reference,
             "rss_mb_before": before["rss_mb_per_worker"], "rss_mb_after": after["rss_mb_per_worker"],
             "rss_change": rss, "ready_after": ready,
-            "p99_vs_32_clients": level["p99_ms"] / reference if reference else None}  # fmt: skip
+            "p99_200_vs_32_clients": level["p99_200_ms"] / reference["p99_200_ms"]}  # fmt: skip
+
+
+def polite(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, top: float) -> list[dict]:
+    """Clients that wait Retry-After after a 503 (http_load.py), against the default queue: 32 clients of 16
+    images and 512 of one, args.workers[-1] workers."""
+    levels = []
+    with server(checkpoint, args, args.workers[-1]) as (pid, url):
+        run_level(url, images, 1, 4, min(2.0, args.duration), "python")  # warm-up
+        for per_request, clients in ((16, 32), (1, 512)):
+            level = run_level(url, images, per_request, clients, args.duration, "python", retry_after=True)
+            levels.append({"model": name, "check": "retry_after", "workers": args.workers[-1], **level,
+                           "of_ceiling": level["images_per_s"] / top, **memory(pid)})  # fmt: skip
+    return levels
+
+
+def stacks(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, top: float) -> list[dict]:
+    """uvicorn's C stack (httptools, uvloop) against its pure-Python one (h11, asyncio): single images,
+    8 and 32 clients, args.workers[-1] workers, args.client."""
+    levels = []
+    for http, loop in (("h11", "asyncio"), ("httptools", "uvloop")):
+        with server(checkpoint, args, args.workers[-1], "--http", http, "--loop", loop) as (pid, url):
+            run_level(url, images, 1, 4, min(2.0, args.duration), args.client)  # warm-up
+            for clients in (8, 32):
+                level = run_level(url, images, 1, clients, args.duration, args.client)
+                levels.append({"model": name, "check": "stack", "http": http, "loop": loop,
+                               "workers": args.workers[-1], **level, "of_ceiling": level["images_per_s"] / top})
+    return levels
 
 
 def table(results: list[dict]) -> str:
@@ -338,9 +345,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
                         help="the load generator (wrk: apt-get install wrk)")
-    parser.add_argument("--checks", type=float, default=30.0, help="seconds of the --max-queue 64 check (0: skip)")
+    parser.add_argument("--checks", type=float, default=30.0, help="seconds a check runs (0: skip all but the soak)")
     parser.add_argument("--soak", type=float, default=300.0, help="seconds of the overload soak (0: skip)")
     parser.add_argument("--out", default=str(RESULTS / "serve_load.json"))
     args = parser.parse_args()
@@ -351,25 +358,32 @@ def main() -> None:
             checkpoint = write_checkpoint(name, Path(tmp), args.fashion_checkpoint if fashion else None)
             images = fashion_images() if fashion else photo_images()
             results.append(measure(name, checkpoint, images, args))
-            if fashion and (args.checks or args.soak):
-                at_32 = [lv for lv in results[-1]["levels"] if lv["clients"] == 32 and lv["images_per_request"] == 1
-                         and lv["workers"] == args.workers[-1]]  # fmt: skip
-                reference = at_32[0]["p99_ms"] if at_32 else None
-                if args.checks:
-                    checks.append(overload(name, checkpoint, images, args, args.checks, 64, reference))
-                if args.soak:
-                    checks.append(overload(name, checkpoint, images, args, args.soak, None, reference))
+            if fashion and args.checks:
+                top = results[-1]["ceiling_images_per_s"]
+                checks += stacks(name, checkpoint, images, args, top) + polite(name, checkpoint, images, args, top)
+                checks.append(overload(name, checkpoint, images, args, args.checks, 64))
+            if fashion and args.soak:
+                checks.append(overload(name, checkpoint, images, args, args.soak, None))
     report = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "cores": os.cpu_count(),
               "results": results, "checks": checks}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(results))
     for c in checks:
-        print(f"check: {c['model']}, {c['workers']} workers, --max-queue {c['max_queue']}, 512 clients, "
-              f"{c['seconds']:g} s: {c['requests']} x 200, {c['status_503']} x 503, {c['status_504']} x 504, "
-              f"{c['errors']} other; p99 {c['p99_ms']:.0f} ms; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MiB; "
-              f"ready after: {c['ready_after']}")  # fmt: skip
+        print(check_line(c))
 
+
+def check_line(c: dict) -> str:
+    """One line of a check's figures."""
+    what = {"stack": f"HTTP {c.get('http')} + {c.get('loop')}", "retry_after": "clients honouring Retry-After",
+            "max_queue": f"--max-queue {c.get('max_queue')}", "soak": "soak, default queue"}[c["check"]]  # fmt: skip
+    line = (f"{c['model']}, {c['workers']} workers, {what}: {c['clients']} clients x {c['images_per_request']} "
+            f"images, {c['seconds']:.0f} s: {c['images_per_s']:.0f} images/s, {c['requests']} x 200, "
+            f"{c['status_503']} x 503, {c['status_504']} x 504, {c['errors']} other; p99 {c['p99_ms']:.0f} ms")
+    if "p99_200_vs_32_clients" in c:
+        line += (f"; the 200s' p99 {c['p99_200_ms']:.0f} ms = {c['p99_200_vs_32_clients']:.2f} x its value at 32 "
+                 f"clients; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MiB; ready after: {c['ready_after']}")
+    return line
 
 if __name__ == "__main__":
     main()
