@@ -25,6 +25,7 @@ from vitkit import create_model, hardware, save
 from vitkit.analysis.rollout import attention_rollout
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
+from vitkit.inference import inference_device
 from vitkit.serve import Batcher, app_from_checkpoint, create_app
 
 CLASSES = [f"class {i}" for i in range(10)]
@@ -107,7 +108,7 @@ def test_predict_gives_the_same_probabilities_as_vitkit_predict(fashion_checkpoi
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     Image.open(io.BytesIO(_noise_png(40))).crop((0, 0, 40, 30)).save(files[1], format="JPEG", exif=exif)
-    with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu")) as c:
+    with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu", precision="fp32")) as c:
         for path in files:
             assert main(["predict", "--checkpoint", str(fashion_checkpoint), str(path), "--json", "--topk", "10",
                          "--device", "cpu", "--precision", "fp32"]) == 0  # the app's fp32  # fmt: skip
@@ -165,7 +166,7 @@ def test_a_bit_resnet_checkpoint_is_served_with_predict_and_a_400_on_explain(tmp
             p.add_(torch.randn_like(p) * 0.1)
     save(resnet, tmp_path / "resnet.safetensors")
     image = _noise_png()
-    with TestClient(app_from_checkpoint(tmp_path / "resnet.safetensors", "cpu")) as c:
+    with TestClient(app_from_checkpoint(tmp_path / "resnet.safetensors", "cpu", precision="fp32")) as c:
         body = c.post("/v1/predict?topk=1", content=image).json()
         explained = c.post("/v1/explain", content=image)
     x = image_transform(resnet.config)(Image.open(io.BytesIO(image)).convert("RGB"))
@@ -179,8 +180,10 @@ def test_a_bit_resnet_checkpoint_is_served_with_predict_and_a_400_on_explain(tmp
 
 
 def test_model_describes_classes_input_size_preprocessing_and_the_file_checksum(fashion_checkpoint):
+    """The Python API's precision defaults to auto, as `vitkit serve`'s does."""
     with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu")) as c:
         info = c.get("/v1/model").json()
+    assert info["precision"] == inference_device("auto", "cpu")[1].precision
     assert info["sha256"] == hashlib.sha256(fashion_checkpoint.read_bytes()).hexdigest()
     assert info["classes"] == FashionMNIST.classes and info["input_size"] == [1, 28, 28]
     assert info["preprocessing"]["mean"] == [0.5] and info["preprocessing"]["crop"] == [28, 28]
@@ -407,7 +410,7 @@ def test_int8_serving_is_calibrated_on_the_checkpoints_data_and_follows_fp32(fas
     images named by the checkpoint; the classes follow fp32's, and /v1/explain keeps the fp32 rollout."""
     pytest.importorskip("torchao")
     images = fashion_pngs[:16]
-    with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu", max_batch=1)) as fp32:
+    with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu", precision="fp32", max_batch=1)) as fp32:
         exact = [fp32.post("/v1/predict?topk=10", content=png).json()["topk"] for png in images]
         exact_rollout = fp32.post("/v1/explain", content=images[0]).json()["rollout"]
     with TestClient(app_from_checkpoint(fashion_checkpoint, "cpu", precision="int8", max_batch=1)) as int8:

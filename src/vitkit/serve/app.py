@@ -237,14 +237,14 @@ def app_from_checkpoint(
     device: str | None = None,
     calibrate: str | None = None,
     *,
-    precision: InferencePrecision = "fp32",
+    precision: InferencePrecision = "auto",
     **options: Any,
 ) -> FastAPI:
     """create_app for a checkpoint file (loaded by `vitkit.inference.load_for_inference`): its model, class
     names, training data's name and checksum. With precision="int8", the model is quantised on a few hundred
     images of dataset `calibrate`'s training split (default: the checkpoint's own training data) and compiled
-    for every batch size it will see. `precision` defaults to fp32 here (`vitkit serve`'s is auto), so that
-    the app gives `vitkit predict --precision fp32`'s probabilities exactly. `options`: create_app's."""
+    for every batch size it will see. `precision`: auto (bf16 where native, else fp32), as `vitkit serve`'s.
+    `options`: create_app's."""
     dataset = checkpoint_dataset(path)
     loaded = load_for_inference(path, device, precision, calibrate, calibrate_default=dataset)
     if loaded.int8 is not None:
