@@ -246,11 +246,14 @@ def python_level(url: str, payloads: list[bytes], content_type: str, clients: in
 
 def run_level(url: str, images: list[bytes], per_request: int, clients: int, duration: float, client: str,
               retry_after: bool = False) -> dict:  # fmt: skip
-    run = python_level if client == "python" or retry_after else wrk_level
-    level = run(url + "/v1/predict", *bodies(images, per_request), clients, duration, **(
-        {"retry_after": True} if retry_after else {}))  # fmt: skip
-    level.update(images_per_request=per_request, images_per_s=level["requests_per_s"] * per_request, client=client
-                 if not retry_after else "python")  # fmt: skip
+    """One level; clients that honour Retry-After are always http_load.py's (wrk cannot)."""
+    client = "python" if retry_after else client
+    payloads, content_type = bodies(images, per_request)
+    if client == "python":
+        level = python_level(url + "/v1/predict", payloads, content_type, clients, duration, retry_after)
+    else:
+        level = wrk_level(url + "/v1/predict", payloads, content_type, clients, duration)
+    level.update(images_per_request=per_request, images_per_s=level["requests_per_s"] * per_request, client=client)
     return level
 
 
@@ -384,6 +387,7 @@ def check_line(c: dict) -> str:
         line += (f"; the 200s' p99 {c['p99_200_ms']:.0f} ms = {c['p99_200_vs_32_clients']:.2f} x its value at 32 "
                  f"clients; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MiB; ready after: {c['ready_after']}")
     return line
+
 
 if __name__ == "__main__":
     main()

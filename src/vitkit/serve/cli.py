@@ -59,8 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def http_stack(http: str, loop: str) -> dict[str, str]:
     """uvicorn's HTTP parser and event loop, `auto` resolved: httptools and uvloop (C; the serve extra installs
-    them) where they import, else h11 and asyncio (pure Python: half the single-image requests/s,
-    docs/serving.md). A stack named explicitly must be installed."""
+    them) where they import, else h11 and asyncio (pure Python; on 2 cores no slower, docs/serving.md). A
+    stack named explicitly must be installed."""
     import importlib.util
 
     chosen = {}

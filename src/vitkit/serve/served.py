@@ -62,15 +62,12 @@ class Served:
     def refuse_if_full(self, kind: str) -> None:
         """Refuse at once (503), before its body is read, a request that the queue has no room for even one
         image of: under overload a refusal costs no reading, parsing or decoding."""
-        try:
-            self.batchers[kind].check_room(1)
-        except QueueFull as e:
-            raise self._refused(e) from None
+        self.admit(kind, 1).release()
 
     def admit(self, kind: str, n: int) -> Reservation:
         """Refuse at once (503) a request of `n` images that the queue has no room for, before its images
-        are decoded. Else hold the room while they decode; the
-        caller releases the reservation when the request ends."""
+        are decoded. Else hold the room while they decode; the caller releases the reservation when the
+        request ends."""
         try:
             return self.batchers[kind].reserve(n)
         except QueueFull as e:
