@@ -8,6 +8,7 @@ import base64
 import io
 import os
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +24,7 @@ from test_serve import noisy_test_model
 from vitkit.cli import main
 from vitkit.evaluate.predict import image_transform
 from vitkit.serve.app import create_app
-from vitkit.serve.batcher import Batcher, QueueFull
+from vitkit.serve.batcher import SWITCH_INTERVAL_S, Batcher, QueueFull
 from vitkit.serve.readiness import Readiness
 
 CLASSES = [f"class {i}" for i in range(10)]
@@ -138,32 +139,55 @@ def test_a_full_queue_is_a_503_with_retry_after_at_once_and_the_queued_are_answe
     assert held.real_sizes == [1, 1, 1]  # the refused image was never computed
 
 
-def test_a_full_queue_refuses_before_reading_the_body_on_v1_and_the_oip(model):
-    """Under overload a refusal costs no reading or parsing: with the queue full, /v1/predict (a multipart
-    batch) and the OIP's infer get their 503 while their bodies are still unread streams."""
+def test_a_full_queue_is_shed_before_routing_the_api_key_and_the_body_on_v1_and_the_oip(model):
+    """Under overload a refusal costs no routing, key check, reading or parsing: with the queue full,
+    /v1/predict (a multipart batch) and the OIP's infer (with and without a version) get their 503 while
+    their bodies are still unread streams, even without the API key; the metrics count them under their
+    routes. A request for another model is not shed: it goes on to its 404."""
     held = Held(model)
-    app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, max_queue=1)
+    app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, max_queue=1, api_key="k")
+    key = {"x-api-key": "k"}
     read: list[str] = []
 
     async def body(name: str):
         read.append(name)  # only reached if the server asks for the body
         yield b"never parsed"
 
-    async def work(c: httpx.AsyncClient) -> list[httpx.Response]:
-        first = asyncio.ensure_future(c.post("/v1/predict", content=_png(0)))
+    async def work(c: httpx.AsyncClient) -> tuple[list[httpx.Response], httpx.Response, str]:
+        first = asyncio.ensure_future(c.post("/v1/predict", content=_png(0), headers=key))
         await _until(held.started.is_set)
-        queued = asyncio.ensure_future(c.post("/v1/predict", content=_png(1)))
+        queued = asyncio.ensure_future(c.post("/v1/predict", content=_png(1), headers=key))
         await _until(lambda: 'vitkit_queue_depth{kind="predict"} 1.0' in _served_metrics(app))
         multipart = {"content-type": "multipart/form-data; boundary=x"}
         refused = [await c.post("/v1/predict", content=body("v1"), headers=multipart),
-                   await c.post("/v2/models/vit_test_patch4_16/infer", content=body("oip"))]  # fmt: skip
+                   await c.post("/v2/models/vit_test_patch4_16/infer", content=body("oip")),
+                   await c.post("/v2/models/vit_test_patch4_16/versions/1/infer", content=body("oip version"))]  # fmt: skip
+        other = await c.post("/v2/models/another/infer", content=b"{}", headers=key)
         held.release.set()
-        return refused + [await first, await queued]
+        return refused + [await first, await queued], other, _served_metrics(app)
 
-    responses = asyncio.run(_lifespan_client(app, work))
-    assert [r.status_code for r in responses] == [503, 503, 200, 200]
+    responses, other, metrics = asyncio.run(_lifespan_client(app, work))
+    assert [r.status_code for r in responses] == [503, 503, 503, 200, 200]
     assert read == []
-    assert all(r.headers["retry-after"] == "1" and "--max-queue 1" in r.json()["error"] for r in responses[:2])
+    assert all(r.headers["retry-after"] == "1" and "--max-queue 1" in r.json()["error"] for r in responses[:3])
+    assert other.status_code == 404 and "'another'" in other.json()["error"]
+    assert _metric(metrics, "vitkit_rejected_requests_total") == 3.0
+    assert _metric(metrics, 'vitkit_requests_total{path="/v2/models/{model_name}/infer",status="503"}') == 1.0
+    assert _metric(metrics, 'vitkit_requests_total{path="/v1/predict",status="503"}') == 1.0
+
+
+def test_the_gil_switch_interval_is_short_while_the_app_serves_and_restored_after(model):
+    """The model thread waits for the GIL at each torch op while the event loop holds it: while the app
+    runs, Python's 5-ms switch interval is SWITCH_INTERVAL_S (benchmarks/gil_convoy.py)."""
+    before = sys.getswitchinterval()
+
+    async def work(c: httpx.AsyncClient) -> float:
+        assert (await c.post("/v1/predict", content=_png(0))).status_code == 200
+        return sys.getswitchinterval()
+
+    during = asyncio.run(_lifespan_client(create_app(model, CLASSES, max_batch=2), work))
+    assert during == pytest.approx(SWITCH_INTERVAL_S) != pytest.approx(before)
+    assert sys.getswitchinterval() == before
 
 
 def test_an_image_queued_past_the_timeout_is_a_504_and_is_never_computed(model):

@@ -33,14 +33,17 @@ from ..evaluate.predict import class_names, image_transform, probabilities
 from ..files import sha256_file
 from ..inference import load_for_inference
 from ..precision import InferencePrecision, Precision, autocast
-from .batcher import Batcher, batch_sizes
-from .middleware import BodyLimit, Metrics, MetricsMiddleware, error
+from .batcher import Batcher, batch_sizes, model_thread_prompt
+from .middleware import BodyLimit, Metrics, MetricsMiddleware, Shed, error
 from .oip import add_oip_routes
 from .readiness import Readiness, warm_up_then_ready
 from .routes_v1 import add_v1_routes
-from .served import Served
+from .served import DECODE_THREADS, Served
 
 MB = 1 << 20
+# The routes that compute, by the batcher they queue on: Shed refuses them before routing when it is full.
+COMPUTING = {"/v1/predict": "predict", "/v1/explain": "explain", "/v2/models/{model_name}/infer": "predict",
+             "/v2/models/{model_name}/versions/{version}/infer": "predict"}  # fmt: skip
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -139,21 +142,26 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitkit-model")  # one forward at a time
+        served.decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="vitkit-decode")
         for b in batchers.values():
             b.start(executor)
         warming = asyncio.ensure_future(warm_up_then_ready(batchers, (cfg.in_chans, *cfg.img_size), executor,
                                                            readiness))  # fmt: skip
-        try:
-            yield
-        finally:
-            readiness.mark_stopping()
-            await asyncio.gather(warming, return_exceptions=True)
-            await asyncio.gather(*(b.stop() for b in batchers.values()))
-            executor.shutdown(wait=True)
+        with model_thread_prompt():
+            try:
+                yield
+            finally:
+                readiness.mark_stopping()
+                await asyncio.gather(warming, return_exceptions=True)
+                await asyncio.gather(*(b.stop() for b in batchers.values()))
+                executor.shutdown(wait=True)
+                served.decoder.shutdown(wait=True)
 
     # The schema is on; the interactive docs pages are off (they load their scripts from a CDN).
     app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(Shed, routes={t: k for t, k in COMPUTING.items() if k in batchers},
+                       model_name=model_name or cfg.name, refusal=served.refusal)  # fmt: skip
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
     protected = [Depends(_api_key_check(api_key))]

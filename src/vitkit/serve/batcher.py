@@ -12,18 +12,29 @@ images would take the queue past `max_queue` is refused at once (`QueueFull`, th
 still queued `timeout_s` after it was submitted is dropped (`QueueTimeout`, a 504); an image whose caller
 has gone (its future cancelled) is dropped without being computed. The batcher counts nothing itself: the
 `on_batch(size, waits)` and `on_depth(depth)` callbacks let the server keep its metrics.
+
+The model thread needs the GIL between torch ops, and by default a thread that wants it waits up to
+Python's 5-ms switch interval while the event loop holds it. Beside a busy event loop a forward pass of
+the Fashion-MNIST ViT (about a hundred ops) then took 30 to 43 times as long (benchmarks/gil_convoy.py);
+`model_thread_prompt` shortens the interval while the server runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import sys
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+
+# The GIL switch interval while a server runs: beside a busy thread, a forward pass took 2-3x its time alone
+# rather than 30-43x, and the busy thread kept 80-93% of its pace (benchmarks/gil_convoy.py, two CPUs).
+SWITCH_INTERVAL_S = 1e-4
 
 # A batch (B, C, H, W) -> per-image results: one tensor or a tuple of tensors, each (B, ...).
 BatchFn = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
@@ -50,6 +61,18 @@ class Reservation:
 
 class QueueTimeout(Exception):
     """The image waited in the queue longer than the timeout: it was dropped without being computed."""
+
+
+@contextlib.contextmanager
+def model_thread_prompt(interval_s: float = SWITCH_INTERVAL_S) -> Iterator[None]:
+    """Within the block, a thread that holds the GIL hands it over after `interval_s` when another wants it
+    (sys.setswitchinterval; the previous interval is restored after)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval_s)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def batch_sizes(max_batch: int) -> list[int]:

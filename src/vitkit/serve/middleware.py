@@ -1,5 +1,6 @@
-"""ASGI middleware of the server: the upload size limit, enforced while the body streams in, and the
-Prometheus metrics (requests by path and status, latency, batch sizes, the batch queue).
+"""ASGI middleware of the server: load shedding (a full queue's 503 before routing), the upload size limit,
+enforced while the body streams in, and the Prometheus metrics (requests by path and status, latency, batch
+sizes, the batch queue).
 
 With several worker processes (`vitkit serve --workers N`) every worker writes its metrics to the directory
 named by PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, set before the workers start) and
@@ -7,15 +8,15 @@ named by PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, set be
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
-
-from fastapi.responses import JSONResponse, Response
 import asyncio
 import os
 import time
+from typing import Any, Awaitable, Callable
 
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -30,6 +31,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # of a connection reset. Beyond them the connection is closed unread.
 DRAIN_MAX_BYTES = 64 << 20
 DRAIN_MAX_SECONDS = 10.0
+LABEL = "vitkit.path_label"  # the scope key where Shed leaves the metrics label of a request it refused
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -91,6 +93,28 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+class Shed:
+    """Refuse a POST to a route that computes, before routing, the API key check and reading its body, when
+    `refusal(kind)` gives one (the 503 of a batch queue with no room for one more image). Through FastAPI a
+    refusal cost the event loop about 5 times as much (`serve_load.py`'s refusal check), time that a storm
+    of them took from the admitted requests. `routes`: route template -> the batcher `kind` it queues on,
+    with `{model_name}` standing for `model_name` alone (a request for another model goes on to its 404)."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, str], model_name: str,
+                 refusal: Callable[[str], HTTPException | None]) -> None:  # fmt: skip
+        self.app, self.refusal = app, refusal
+        self.routes = [(compile_path(template.replace("{model_name}", model_name))[0], template, kind)
+                       for template, kind in routes.items()]  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for regex, template, kind in self.routes:
+                if regex.match(scope["path"]) and (refused := self.refusal(kind)) is not None:
+                    scope[LABEL] = template
+                    return await error(refused.status_code, refused.detail, refused.headers)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 class Metrics:
     """The server's Prometheus metrics, in a registry of their own (one per app). `batch_sizes`: the
     batch-size histogram's buckets."""
@@ -130,11 +154,13 @@ class Metrics:
 
 
 def path_label(scope: Scope) -> str:
-    """The route's template once the router has matched it (/v2/models/{model_name}/infer), else a known
-    path or "other": a scan of made-up paths cannot grow the label set."""
+    """The route's template once the router has matched it (/v2/models/{model_name}/infer) or Shed has, else
+    a known path or "other": a scan of made-up paths cannot grow the label set."""
     route = scope.get("route")
     if route is not None and hasattr(route, "path"):
         return route.path
+    if LABEL in scope:
+        return scope[LABEL]
     return scope["path"] if scope["path"] in KNOWN_PATHS else "other"
 
 

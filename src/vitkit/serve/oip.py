@@ -80,7 +80,6 @@ def add_oip_routes(app: FastAPI, served: Served, name: str, dependencies: list[A
     async def infer(request: Request, model_name: str, version: str = VERSION) -> Response:
         """The probabilities of a batch of encoded images (`images`) or preprocessed pixels (`pixels`)."""
         model(model_name)
-        served.refuse_if_full("predict")  # before the body is read; the tensor's N is checked when queued
         header, tensors = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         images = await _images(header, tensors, served, (C, H, W))
         probs = torch.stack(await served.compute(request, "predict", images)).float().numpy()

@@ -48,7 +48,6 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
         start = time.perf_counter()
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
-        served.refuse_if_full(kind)
         upload = await read_upload(request, served.max_images)
         reservation = served.admit(kind, len(upload.images))
         try:
