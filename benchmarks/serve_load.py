@@ -3,8 +3,9 @@ count, images per request and concurrency level; requests/s, images/s, p50/p99 l
 other errors and each worker's peak RSS, against the ceiling of in-process batched inference (the same
 decoding and preprocessing, batches of --max-batch, no HTTP). Then the checks (Fashion-MNIST): uvicorn's
 C HTTP stack against its pure-Python one, clients that honour Retry-After, --max-queue 64 at 512 clients
-(every answer a 200 or a 503; the 200s' p99 against its value at 32 clients), and an overload soak (the
-server still ready, RSS flat).
+(every answer a 200 or a 503; the 200s' p99 against its value at 32 clients), the cost of a refusal
+(answers/s at --max-queue 1), and an overload soak (the server still ready, RSS flat). To compare with
+another commit's server, run this with PYTHONPATH=<its checkout>/src: the servers are spawned from it.
 
     .venv/bin/python benchmarks/serve_load.py [--duration 30] [--clients 1 8 32 128 512] [--workers 1 2]
         [--images-per-request 1 16] [--soak 300] [--fashion-checkpoint runs/quickstart/model.safetensors]
@@ -48,6 +49,8 @@ from vitkit.checkpoints.metadata import CLASSES_KEY
 from vitkit.data import load_data
 from vitkit.data.images import open_image
 from vitkit.evaluate.predict import image_transform, probabilities
+from vitkit.inference import load_for_inference
+from vitkit.precision import autocast
 
 RESULTS = Path(__file__).parent / "results"
 PHOTOS = Path(__file__).parents[1] / "src" / "vitkit" / "serve" / "page" / "samples" / "photos"
@@ -89,15 +92,18 @@ def write_checkpoint(name: str, directory: Path, source: str | None) -> Path:
 
 
 @torch.inference_mode()
-def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: float, device: str) -> float:
-    """Images per second of in-process batched inference: decode, preprocess, forward, max_batch at a time;
-    the better of torch's default threads and one thread."""
-    model = vitkit.load(checkpoint).to(device).eval()
-    transform = image_transform(model.config)
+def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: float, device: str) -> tuple[float, str]:
+    """Images per second of in-process batched inference at the server's precision (`--precision auto`):
+    decode, preprocess, forward, max_batch at a time; the better of torch's default threads and one thread.
+    Also the precision."""
+    loaded = load_for_inference(checkpoint, device, "auto")
+    model, precision, transform = loaded.model, loaded.choice.precision, image_transform(loaded.model.config)
 
+    @torch.inference_mode()
     def batch(start: int) -> None:
         chunk = [images[(start + i) % len(images)] for i in range(max_batch)]
-        probs = probabilities(model, torch.stack([transform(open_image(io.BytesIO(b), name="x")) for b in chunk]))
+        with autocast(loaded.device, precision):
+            probs = probabilities(model, torch.stack([transform(open_image(io.BytesIO(b), name="x")) for b in chunk]))
         probs.cpu()
 
     rates, default = {}, torch.get_num_threads()
@@ -110,8 +116,8 @@ def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: flo
             done += max_batch
         rates[threads] = done / (time.perf_counter() - start)
     torch.set_num_threads(default)
-    print(f"  in-process images/s by torch threads: {rates}", file=sys.stderr)
-    return max(rates.values())
+    print(f"  in-process images/s ({precision}) by torch threads: {rates}", file=sys.stderr)
+    return max(rates.values()), precision
 
 
 def _free_port() -> int:
@@ -258,8 +264,8 @@ def run_level(url: str, images: list[bytes], per_request: int, clients: int, dur
 
 
 def measure(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace) -> dict:
-    top = ceiling(checkpoint, images, args.max_batch, args.duration, args.device)
-    print(f"{name}: in-process ceiling {top:.0f} images/s", file=sys.stderr)
+    top, precision = ceiling(checkpoint, images, args.max_batch, args.duration, args.device)
+    print(f"{name}: in-process ceiling {top:.0f} images/s ({precision})", file=sys.stderr)
     levels = []
     for workers in args.workers:
         with server(checkpoint, args, workers) as (pid, url):
@@ -272,27 +278,30 @@ def measure(name: str, checkpoint: Path, images: list[bytes], args: argparse.Nam
                     print(f"  {workers} worker(s), {per_request} image(s)/request, {clients:>3} clients: "
                           f"{level['images_per_s']:.0f} images/s, {level['of_ceiling']:.0%} of the ceiling, "
                           f"{level['status_503']} 503s", file=sys.stderr)  # fmt: skip
-    return {"model": name, "ceiling_images_per_s": top, "levels": levels}
+    return {"model": name, "ceiling_images_per_s": top, "precision": precision, "levels": levels}
 
 
 def overload(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, seconds: float,
              max_queue: int | None) -> dict:  # fmt: skip
     """512 single-image clients (benchmarks/http_load.py, asking again at once after a 503) for `seconds`
     against args.workers[-1] workers, after 32 clients as the reference: statuses, the 200s' p99 against
-    its value at 32 clients, RSS before and after, and whether the server is still ready."""
+    its value at 32 clients, RSS before and after, and whether the server is still ready. With `max_queue`,
+    then 512 clients that honour Retry-After (`retry_after_512`)."""
     options = ("--max-queue", str(max_queue)) if max_queue else ()
     with server(checkpoint, args, args.workers[-1], *options) as (pid, url):
         reference = run_level(url, images, 1, 32, min(30.0, seconds), "python")  # and to a steady RSS
         before = memory(pid)
         level = run_level(url, images, 1, 512, seconds, "python")
         after = memory(pid)
+        polite_level = run_level(url, images, 1, 512, seconds, "python", retry_after=True) if max_queue else None
         ready = httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     rss = [b / a - 1 for a, b in zip(before["rss_mb_per_worker"], after["rss_mb_per_worker"])]
     return {"model": name, "check": "soak" if max_queue is None else "max_queue", "workers": args.workers[-1],
             "max_queue": max_queue, **level, "reference_32_clients": reference,
             "rss_mb_before": before["rss_mb_per_worker"], "rss_mb_after": after["rss_mb_per_worker"],
             "rss_change": rss, "ready_after": ready,
-            "p99_200_vs_32_clients": level["p99_200_ms"] / reference["p99_200_ms"]}  # fmt: skip
+            "p99_200_vs_32_clients": level["p99_200_ms"] / reference["p99_200_ms"],
+            "retry_after_512": polite_level}  # fmt: skip
 
 
 def polite(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, top: float) -> list[dict]:
@@ -306,6 +315,16 @@ def polite(name: str, checkpoint: Path, images: list[bytes], args: argparse.Name
             levels.append({"model": name, "check": "retry_after", "workers": args.workers[-1], **level,
                            "of_ceiling": level["images_per_s"] / top, **memory(pid)})  # fmt: skip
     return levels
+
+
+def refusals(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace) -> dict:
+    """What a refusal costs the server: the answers per second, nearly all 503s, of 32 single-image clients
+    (args.client) against one worker with --max-queue 1."""
+    with server(checkpoint, args, 1, "--max-queue", "1") as (pid, url):
+        run_level(url, images, 1, 4, min(2.0, args.duration), args.client)  # warm-up
+        level = run_level(url, images, 1, 32, args.checks, args.client)
+    answers = (level["requests"] + level["status_503"]) / level["seconds"]
+    return {"model": name, "check": "refusals", "workers": 1, "max_queue": 1, **level, "answers_per_s": answers}
 
 
 def stacks(name: str, checkpoint: Path, images: list[bytes], args: argparse.Namespace, top: float) -> list[dict]:
@@ -365,6 +384,7 @@ def main() -> None:
                 top = results[-1]["ceiling_images_per_s"]
                 checks += stacks(name, checkpoint, images, args, top) + polite(name, checkpoint, images, args, top)
                 checks.append(overload(name, checkpoint, images, args, args.checks, 64))
+                checks.append(refusals(name, checkpoint, images, args))
             if fashion and args.soak:
                 checks.append(overload(name, checkpoint, images, args, args.soak, None))
     report = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "cores": os.cpu_count(),
@@ -379,13 +399,20 @@ def main() -> None:
 def check_line(c: dict) -> str:
     """One line of a check's figures."""
     what = {"stack": f"HTTP {c.get('http')} + {c.get('loop')}", "retry_after": "clients honouring Retry-After",
-            "max_queue": f"--max-queue {c.get('max_queue')}", "soak": "soak, default queue"}[c["check"]]  # fmt: skip
+            "max_queue": f"--max-queue {c.get('max_queue')}", "soak": "soak, default queue",
+            "refusals": "--max-queue 1 (the cost of a refusal)"}[c["check"]]  # fmt: skip
     line = (f"{c['model']}, {c['workers']} workers, {what}: {c['clients']} clients x {c['images_per_request']} "
             f"images, {c['seconds']:.0f} s: {c['images_per_s']:.0f} images/s, {c['requests']} x 200, "
             f"{c['status_503']} x 503, {c['status_504']} x 504, {c['errors']} other; p99 {c['p99_ms']:.0f} ms")
+    if "answers_per_s" in c:
+        line += f"; {c['answers_per_s']:.0f} answers/s"
     if "p99_200_vs_32_clients" in c:
         line += (f"; the 200s' p99 {c['p99_200_ms']:.0f} ms = {c['p99_200_vs_32_clients']:.2f} x its value at 32 "
                  f"clients; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MiB; ready after: {c['ready_after']}")
+    if c.get("retry_after_512"):
+        p, reference = c["retry_after_512"], c["reference_32_clients"]["p99_200_ms"]
+        line += (f"; 512 clients honouring Retry-After: {p['images_per_s']:.0f} images/s, {p['status_503']} x 503, "
+                 f"{p['errors']} other, the 200s' p99 {p['p99_200_ms']:.0f} ms = {p['p99_200_ms'] / reference:.2f} x")
     return line
 
 
