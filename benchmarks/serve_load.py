@@ -2,8 +2,9 @@
 count, images per request and concurrency level; requests/s, images/s, p50/p99 latency, 503s, 504s,
 other errors and each worker's peak RSS, against the ceiling of in-process batched inference (the same
 decoding and preprocessing, batches of --max-batch, no HTTP). Then the checks (Fashion-MNIST): uvicorn's
-C HTTP stack against its pure-Python one, clients that honour Retry-After, --max-queue 64 at 512 clients
-(every answer a 200 or a 503; the 200s' p99 against its value at 32 clients), the cost of a refusal
+C HTTP stack against its pure-Python one, clients that honour Retry-After, --max-queue 64 and 16 at 512
+clients (--overload-queues; every answer a 200 or a 503; the 200s' p99 against its value at 32 clients, and
+their p50 against the wait a full queue implies by Little's law), the cost of a refusal
 (answers/s at --max-queue 1), and an overload soak (the server still ready, RSS flat). To compare with
 another commit's server, run this with PYTHONPATH=<its checkout>/src: the servers are spawned from it.
 
@@ -247,7 +248,8 @@ def python_level(url: str, payloads: list[bytes], content_type: str, clients: in
     """`clients` clients of benchmarks/http_load.py: wrk's figures, plus the 200s' own p50/p99."""
     r = http_load.load(url, http_load.requests(url, payloads, content_type), clients, duration, retry_after)
     return {**_summary(clients, r["statuses"], r["broken"], r["seconds"], r["p50_ms"], r["p99_ms"]),
-            "p50_200_ms": r["p50_200_ms"], "p99_200_ms": r["p99_200_ms"], "retry_after": retry_after}  # fmt: skip
+            "p50_200_ms": r["p50_200_ms"], "p99_200_ms": r["p99_200_ms"], "retry_after": retry_after,
+            "client_lag_p50_ms": r["client_lag_p50_ms"], "client_lag_p99_ms": r["client_lag_p99_ms"]}  # fmt: skip
 
 
 def run_level(url: str, images: list[bytes], per_request: int, clients: int, duration: float, client: str,
@@ -286,7 +288,8 @@ def overload(name: str, checkpoint: Path, images: list[bytes], args: argparse.Na
     """512 single-image clients (benchmarks/http_load.py, asking again at once after a 503) for `seconds`
     against args.workers[-1] workers, after 32 clients as the reference: statuses, the 200s' p99 against
     its value at 32 clients, RSS before and after, and whether the server is still ready. With `max_queue`,
-    then 512 clients that honour Retry-After (`retry_after_512`)."""
+    then 512 clients that honour Retry-After (`retry_after_512`), and for both the wait a full queue implies
+    for each 200 (`full_queue_ms`: Little's law, max_queue images waiting and a batch computing per worker)."""
     options = ("--max-queue", str(max_queue)) if max_queue else ()
     with server(checkpoint, args, args.workers[-1], *options) as (pid, url):
         reference = run_level(url, images, 1, 32, min(30.0, seconds), "python")  # and to a steady RSS
@@ -296,6 +299,10 @@ def overload(name: str, checkpoint: Path, images: list[bytes], args: argparse.Na
         polite_level = run_level(url, images, 1, 512, seconds, "python", retry_after=True) if max_queue else None
         ready = httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     rss = [b / a - 1 for a, b in zip(before["rss_mb_per_worker"], after["rss_mb_per_worker"])]
+    if max_queue:  # Little's law: each worker holds max_queue images waiting and a batch computing
+        held = (max_queue + min(args.max_batch, max_queue)) * args.workers[-1]
+        for lv in (level, polite_level):
+            lv["full_queue_ms"] = 1000 * held / lv["images_per_s"]
     return {"model": name, "check": "soak" if max_queue is None else "max_queue", "workers": args.workers[-1],
             "max_queue": max_queue, **level, "reference_32_clients": reference,
             "rss_mb_before": before["rss_mb_per_worker"], "rss_mb_after": after["rss_mb_per_worker"],
@@ -370,6 +377,8 @@ def main() -> None:
     parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
                         help="the load generator (wrk: apt-get install wrk)")
     parser.add_argument("--checks", type=float, default=30.0, help="seconds a check runs (0: skip all but the soak)")
+    parser.add_argument("--overload-queues", type=int, nargs="+", default=[64, 16],
+                        help="the --max-queue values of the 512-client check")
     parser.add_argument("--soak", type=float, default=300.0, help="seconds of the overload soak (0: skip)")
     parser.add_argument("--out", default=str(RESULTS / "serve_load.json"))
     args = parser.parse_args()
@@ -383,7 +392,7 @@ def main() -> None:
             if fashion and args.checks:
                 top = results[-1]["ceiling_images_per_s"]
                 checks += stacks(name, checkpoint, images, args, top) + polite(name, checkpoint, images, args, top)
-                checks.append(overload(name, checkpoint, images, args, args.checks, 64))
+                checks += [overload(name, checkpoint, images, args, args.checks, q) for q in args.overload_queues]
                 checks.append(refusals(name, checkpoint, images, args))
             if fashion and args.soak:
                 checks.append(overload(name, checkpoint, images, args, args.soak, None))
@@ -407,12 +416,17 @@ def check_line(c: dict) -> str:
     if "answers_per_s" in c:
         line += f"; {c['answers_per_s']:.0f} answers/s"
     if "p99_200_vs_32_clients" in c:
-        line += (f"; the 200s' p99 {c['p99_200_ms']:.0f} ms = {c['p99_200_vs_32_clients']:.2f} x its value at 32 "
-                 f"clients; RSS {c['rss_mb_before']} -> {c['rss_mb_after']} MiB; ready after: {c['ready_after']}")
+        implied = f" (a full queue implies {c['full_queue_ms']:.0f})" if "full_queue_ms" in c else ""
+        line += (f"; the 200s' p50 {c['p50_200_ms']:.0f} ms{implied}, p99 {c['p99_200_ms']:.0f} ms = "
+                 f"{c['p99_200_vs_32_clients']:.2f} x its value at 32 clients (the client's own loop lag: p99 "
+                 f"{c['client_lag_p99_ms']:.0f} ms); RSS {c['rss_mb_before']} -> "
+                 f"{c['rss_mb_after']} MiB; ready after: {c['ready_after']}")
     if c.get("retry_after_512"):
         p, reference = c["retry_after_512"], c["reference_32_clients"]["p99_200_ms"]
-        line += (f"; 512 clients honouring Retry-After: {p['images_per_s']:.0f} images/s, {p['status_503']} x 503, "
-                 f"{p['errors']} other, the 200s' p99 {p['p99_200_ms']:.0f} ms = {p['p99_200_ms'] / reference:.2f} x")
+        line += (f"; 512 clients honouring Retry-After: {p['images_per_s']:.0f} images/s, "
+                 f"{p['status_503']} x 503, {p['errors']} other, the 200s' p50 {p['p50_200_ms']:.0f} ms (a full "
+                 f"queue implies {p['full_queue_ms']:.0f}), p99 {p['p99_200_ms']:.0f} ms = "
+                 f"{p['p99_200_ms'] / reference:.2f} x (client loop lag p99 {p['client_lag_p99_ms']:.0f} ms)")
     return line
 
 
