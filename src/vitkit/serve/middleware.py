@@ -95,10 +95,11 @@ class BodyLimit:
 
 class Shed:
     """Refuse a POST to a route that computes, before routing, the API key check and reading its body, when
-    `refusal(kind)` gives one (the 503 of a batch queue with no room for one more image). Through FastAPI a
-    refusal cost the event loop about 5 times as much (`serve_load.py`'s refusal check), time that a storm
-    of them took from the admitted requests. `routes`: route template -> the batcher `kind` it queues on,
-    with `{model_name}` standing for `model_name` alone (a request for another model goes on to its 404)."""
+    `refusal(kind)` gives one (the 503 of a batch queue with no room for one more image). Refused by the
+    route, one worker answered 2.7 times fewer a second (`serve_load.py`'s refusal check): time that a
+    storm of them took from the admitted requests. `routes`: route template -> the batcher `kind` it
+    queues on, with `{model_name}` standing for `model_name` alone (another model's request goes on to its
+    404)."""
 
     def __init__(self, app: ASGIApp, routes: dict[str, str], model_name: str,
                  refusal: Callable[[str], HTTPException | None]) -> None:  # fmt: skip
