@@ -37,11 +37,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import torch
 from PIL import Image, ImageOps
+from prometheus_client.parser import text_string_to_metric_families
 from torchvision.datasets import FashionMNIST
 
 import http_load
@@ -172,6 +173,22 @@ def memory(pid: int) -> dict:
             "rss_mb_per_worker": [round(_status(w, "VmRSS")) for w in workers]}  # fmt: skip
 
 
+def batches(url: str) -> tuple[float, float]:
+    """(forward passes, images in them) so far, summed over the workers, from the server's /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name in ("vitkit_batch_size_count", "vitkit_batch_size_sum")}  # fmt: skip
+    return samples["vitkit_batch_size_count"], samples["vitkit_batch_size_sum"]
+
+
+def counting_batches(url: str, level: Callable[[], dict]) -> dict:
+    """`level()`'s figures, with the forward passes it caused: `batches_per_s` and `mean_batch`."""
+    before = batches(url)
+    figures = level()
+    count, images = (b - a for a, b in zip(before, batches(url)))
+    return {**figures, "batches_per_s": count / figures["seconds"], "mean_batch": images / max(count, 1)}
+
+
 def multipart(images: list[bytes], boundary: str = "vitkit-load-boundary") -> bytes:
     """A multipart/form-data body with each image in a `file` field."""
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}"\r\n'
@@ -292,9 +309,9 @@ def overload(name: str, checkpoint: Path, images: list[bytes], args: argparse.Na
     for each 200 (`full_queue_ms`: Little's law, max_queue images waiting and a batch computing per worker)."""
     options = ("--max-queue", str(max_queue)) if max_queue else ()
     with server(checkpoint, args, args.workers[-1], *options) as (pid, url):
-        reference = run_level(url, images, 1, 32, min(30.0, seconds), "python")  # and to a steady RSS
-        before = memory(pid)
-        level = run_level(url, images, 1, 512, seconds, "python")
+        reference = counting_batches(url, lambda: run_level(url, images, 1, 32, min(30.0, seconds), "python"))
+        before = memory(pid)  # after the reference: a steady RSS
+        level = counting_batches(url, lambda: run_level(url, images, 1, 512, seconds, "python"))
         after = memory(pid)
         polite_level = run_level(url, images, 1, 512, seconds, "python", retry_after=True) if max_queue else None
         ready = httpx.get(f"{url}/readyz", timeout=10).status_code == 200
@@ -419,7 +436,9 @@ def check_line(c: dict) -> str:
         implied = f" (a full queue implies {c['full_queue_ms']:.0f})" if "full_queue_ms" in c else ""
         line += (f"; the 200s' p50 {c['p50_200_ms']:.0f} ms{implied}, p99 {c['p99_200_ms']:.0f} ms = "
                  f"{c['p99_200_vs_32_clients']:.2f} x its value at 32 clients (the client's own loop lag: p99 "
-                 f"{c['client_lag_p99_ms']:.0f} ms); RSS {c['rss_mb_before']} -> "
+                 f"{c['client_lag_p99_ms']:.0f} ms); {c['batches_per_s']:.1f} batches/s of {c['mean_batch']:.1f} "
+                 f"images (at 32 clients {c['reference_32_clients']['batches_per_s']:.1f} of "
+                 f"{c['reference_32_clients']['mean_batch']:.1f}); RSS {c['rss_mb_before']} -> "
                  f"{c['rss_mb_after']} MiB; ready after: {c['ready_after']}")
     if c.get("retry_after_512"):
         p, reference = c["retry_after_512"], c["reference_32_clients"]["p99_200_ms"]
