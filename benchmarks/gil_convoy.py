@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 
 import vitkit
-from vitkit.precision import autocast, resolve_precision
 from vitkit import hardware
+from vitkit.precision import autocast, resolve_precision
 
 INTERVALS_S = (5e-3, 1e-3, 2e-4, 1e-4, 5e-5)  # 5 ms is Python's default
 
@@ -76,9 +76,10 @@ def main() -> None:
         sys.setswitchinterval(interval)
         alone = rate(forward, args.seconds, False)[0]
         beside, rounds = rate(forward, args.seconds, True)
+        pace = rounds / busy_alone(args.seconds)
         print(f"switch interval {interval * 1e3:.2f} ms: forward {1e3 / alone:.1f} ms alone, {1e3 / beside:.1f} ms "
-              f"beside a busy thread ({alone / beside:.1f}x); the busy thread at {rounds / busy_alone(args.seconds):.0%} "
-              "of its pace alone", flush=True)
+              f"beside a busy thread ({alone / beside:.1f}x); the busy thread at {pace:.0%} of its pace alone",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -101,7 +101,6 @@ def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: flo
     loaded = load_for_inference(checkpoint, device, "auto")
     model, precision, transform = loaded.model, loaded.choice.precision, image_transform(loaded.model.config)
 
-    @torch.inference_mode()
     def batch(start: int) -> None:
         chunk = [images[(start + i) % len(images)] for i in range(max_batch)]
         with autocast(loaded.device, precision):

@@ -35,15 +35,13 @@ from ..inference import load_for_inference
 from ..precision import InferencePrecision, Precision, autocast
 from .batcher import Batcher, batch_sizes, model_thread_prompt
 from .middleware import BodyLimit, Metrics, MetricsMiddleware, Shed, error
+from . import oip, routes_v1
 from .oip import add_oip_routes
 from .readiness import Readiness, warm_up_then_ready
 from .routes_v1 import add_v1_routes
 from .served import DECODE_THREADS, Served
 
 MB = 1 << 20
-# The routes that compute, by the batcher they queue on: Shed refuses them before routing when it is full.
-COMPUTING = {"/v1/predict": "predict", "/v1/explain": "explain", "/v2/models/{model_name}/infer": "predict",
-             "/v2/models/{model_name}/versions/{version}/infer": "predict"}  # fmt: skip
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -160,7 +158,8 @@ def create_app(
     # The schema is on; the interactive docs pages are off (they load their scripts from a CDN).
     app = FastAPI(title="vitkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
-    app.add_middleware(Shed, routes={t: k for t, k in COMPUTING.items() if k in batchers},
+    computing = {**routes_v1.COMPUTING_ROUTES, **oip.COMPUTING_ROUTES}
+    app.add_middleware(Shed, routes={t: k for t, k in computing.items() if k in batchers},
                        model_name=model_name or cfg.name, refusal=served.refusal)  # fmt: skip
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)

@@ -26,6 +26,8 @@ from .. import __version__
 from .served import Served
 
 VERSION = "1"
+INFER = ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{version}/infer")
+COMPUTING_ROUTES = dict.fromkeys(INFER, "predict")  # by the batcher they queue on, as routes_v1's
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary extension: JSON header, then raw tensors
 INFER_SCHEMA = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
@@ -74,9 +76,8 @@ def add_oip_routes(app: FastAPI, served: Served, name: str, dependencies: list[A
         model(model_name)
         return ready()
 
-    @app.post("/v2/models/{model_name}/infer", dependencies=dependencies, openapi_extra=INFER_SCHEMA)
-    @app.post("/v2/models/{model_name}/versions/{version}/infer", dependencies=dependencies,
-              openapi_extra=INFER_SCHEMA)  # fmt: skip
+    @app.post(INFER[0], dependencies=dependencies, openapi_extra=INFER_SCHEMA)
+    @app.post(INFER[1], dependencies=dependencies, openapi_extra=INFER_SCHEMA)
     async def infer(request: Request, model_name: str, version: str = VERSION) -> Response:
         """The probabilities of a batch of encoded images (`images`) or preprocessed pixels (`pixels`)."""
         model(model_name)

@@ -19,6 +19,9 @@ from .explain import explanation
 from .served import Served
 from .uploads import read_upload
 
+# The routes that compute, by the batcher they queue on (the Shed middleware refuses them when it is full).
+PREDICT, EXPLAIN = "/v1/predict", "/v1/explain"
+COMPUTING_ROUTES = {PREDICT: "predict", EXPLAIN: "explain"}
 # The request bodies /v1/predict and /v1/explain take, for the OpenAPI schema (the routes read the body
 # themselves, so FastAPI cannot derive it).
 UPLOAD_SCHEMA = {
@@ -71,12 +74,12 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
         body = {"results": results} if upload.batch else results[0]
         return {**body, "model": cfg.name, "latency_ms": (time.perf_counter() - start) * 1000}
 
-    @app.post("/v1/predict", dependencies=dependencies, openapi_extra=UPLOAD_SCHEMA)
+    @app.post(PREDICT, dependencies=dependencies, openapi_extra=UPLOAD_SCHEMA)
     async def predict(request: Request, topk: int = 5) -> dict[str, Any]:
         """Classify one image, or a batch of them."""
         return await classify(request, topk, "predict")
 
-    @app.post("/v1/explain", dependencies=dependencies, openapi_extra=UPLOAD_SCHEMA)
+    @app.post(EXPLAIN, dependencies=dependencies, openapi_extra=UPLOAD_SCHEMA)
     async def explain(request: Request, topk: int = 5) -> dict[str, Any]:
         """Classify one image, or a batch, with each one's attention rollout (appendix D.8)."""
         if "explain" not in served.batchers:
