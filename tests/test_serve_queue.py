@@ -176,6 +176,35 @@ def test_a_full_queue_is_shed_before_routing_the_api_key_and_the_body_on_v1_and_
     assert _metric(metrics, 'vitkit_requests_total{path="/v1/predict",status="503"}') == 1.0
 
 
+def test_requests_that_arrive_together_pass_the_shed_only_while_there_is_room(model):
+    """Shed takes the room it admits a request to: of six requests whose bodies arrive slowly, with room
+    for two in the queue, two are admitted and read, and four are refused before a byte of their bodies is
+    read. A check that took no room let all six through while there was room, to read their bodies and be
+    refused by the route (half the refusals under a storm of 512 clients, docs/serving.md)."""
+    held = Held(model)
+    app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, max_queue=2)
+    read: list[int] = []
+
+    async def body(i: int):
+        await asyncio.sleep(0.05)  # the body is still on its way when the next request arrives
+        read.append(i)
+        yield _png(i)
+
+    async def work(c: httpx.AsyncClient) -> tuple[list[httpx.Response], str]:
+        first = asyncio.ensure_future(c.post("/v1/predict", content=_png(0)))
+        await _until(held.started.is_set)
+        burst = [asyncio.ensure_future(c.post("/v1/predict", content=body(i))) for i in range(1, 7)]
+        await _until(lambda: sum(f.done() for f in burst) == 4)
+        held.release.set()
+        return [await first] + [await f for f in burst], _served_metrics(app)
+
+    responses, metrics = asyncio.run(_lifespan_client(app, work))
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 503, 503, 503, 503]
+    assert len(read) == 2 and held.real_sizes == [1, 1, 1]
+    assert _metric(metrics, "vitkit_rejected_requests_total") == 4.0
+    assert 'vitkit_queue_depth{kind="predict"} 0.0' in metrics
+
+
 def test_the_gil_switch_interval_is_short_while_the_app_serves_and_restored_after(model):
     """The model thread waits for the GIL at each torch op while the event loop holds it: while the app
     runs, Python's 5-ms switch interval is SWITCH_INTERVAL_S (benchmarks/gil_convoy.py)."""
@@ -408,6 +437,17 @@ def test_admitted_requests_hold_their_room_until_queued_or_released():
     second.release()
     assert batcher.reserved == 0
     batcher.reserve(100).release()  # an empty queue with nothing reserved takes any number
+    shed = batcher.reserve(1)  # the Shed middleware's room for a request's first image, extended by its route
+    shed.extend(40)  # alone, it takes any number
+    assert batcher.reserved == 40 and shed.n == 40
+    shed.extend(3)  # it may shrink
+    other = batcher.reserve(1)
+    other.extend(5)
+    with pytest.raises(QueueFull, match="8 admitted"):
+        other.extend(6)
+    assert batcher.reserved == 8 and other.n == 5
+    shed.release(), other.release()
+    assert batcher.reserved == 0
 
 
 def test_the_http_stack_is_the_c_one_where_installed_and_a_missing_one_is_named(monkeypatch):

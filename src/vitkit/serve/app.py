@@ -160,7 +160,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     computing = {**routes_v1.COMPUTING_ROUTES, **oip.COMPUTING_ROUTES}
     app.add_middleware(Shed, routes={t: k for t, k in computing.items() if k in batchers},
-                       model_name=model_name or cfg.name, refusal=served.refusal)  # fmt: skip
+                       model_name=model_name or cfg.name, admit=served.admit_first)  # fmt: skip
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
     protected = [Depends(_api_key_check(api_key))]

@@ -47,11 +47,18 @@ class QueueFull(Exception):
 
 class Reservation:
     """Room for `n` images held in a batcher's queue from admission until they are queued (`submit_many`) or
-    the request ends (`release`), so that requests admitted while their images decode cannot all pass the
-    bound together and be refused only after the decoding work."""
+    the request ends (`release`), so that requests admitted while their bodies are read and their images
+    decode cannot all pass the bound together and be refused only after that work."""
 
     def __init__(self, batcher: Batcher, n: int) -> None:
         self.batcher, self.n = batcher, n
+
+    def extend(self, n: int) -> None:
+        """Hold room for `n` images in all: QueueFull unless those beyond the ones held fit (a queue empty
+        but for this reservation takes any number)."""
+        self.batcher.check_room(n - self.n, own=self.n)
+        self.batcher.reserved += n - self.n
+        self.n = n
 
     def release(self) -> None:
         """Give back what is still held (idempotent)."""
@@ -129,11 +136,11 @@ class Batcher:
         """Images waiting in the queue (not those computing)."""
         return len(self._queue)
 
-    def check_room(self, n: int) -> None:
-        """Raise QueueFull unless `n` more images fit beside those waiting and those reserved (an empty queue
-        with nothing reserved takes any number)."""
+    def check_room(self, n: int, own: int = 0) -> None:
+        """Raise QueueFull unless `n` more images fit beside those waiting and those reserved, the caller's
+        `own` reserved images aside (an empty queue with nothing else reserved takes any number)."""
         held = len(self._queue) + self.reserved
-        if self.max_queue is not None and held and held + n > self.max_queue:
+        if self.max_queue is not None and held - own and held + n > self.max_queue:
             raise QueueFull(f"the queue is full ({len(self._queue)} images waiting, {self.reserved} admitted, "
                             f"--max-queue {self.max_queue})")  # fmt: skip
 

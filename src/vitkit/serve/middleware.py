@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from .batcher import Reservation
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -32,6 +34,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DRAIN_MAX_BYTES = 64 << 20
 DRAIN_MAX_SECONDS = 10.0
 LABEL = "vitkit.path_label"  # the scope key where Shed leaves the metrics label of a request it refused
+ADMITTED = "vitkit.admitted"  # the scope key of the room Shed took in the batch queue for a request
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -94,26 +97,42 @@ class BodyLimit:
 
 
 class Shed:
-    """Refuse a POST to a route that computes, before routing, the API key check and reading its body, when
-    `refusal(kind)` gives one (the 503 of a batch queue with no room for one more image). Refused by the
-    route, one worker answered 2.7 times fewer a second (`serve_load.py`'s refusal check): time that a
-    storm of them took from the admitted requests. `routes`: route template -> the batcher `kind` it
-    queues on, with `{model_name}` standing for `model_name` alone (another model's request goes on to its
-    404)."""
+    """Admit or refuse a POST to a route that computes before routing, the API key check and reading its
+    body: `admit(kind)` takes room in batch queue `kind` for the request's first image (kept in
+    scope[ADMITTED] for the route to extend to all its images, and released when the request ends) or
+    raises the 503. Refused by the route, one worker answered 2.7 times fewer a second (`serve_load.py`'s
+    refusal check); and a check that took no room let the requests that arrived together all pass while
+    there was room for one, to be refused by the route after all (docs/serving.md, round 5). `routes`:
+    route template -> the batcher `kind` it queues on, with `{model_name}` standing for `model_name` alone
+    (another model's request goes on to its 404)."""
 
     def __init__(self, app: ASGIApp, routes: dict[str, str], model_name: str,
-                 refusal: Callable[[str], HTTPException | None]) -> None:  # fmt: skip
-        self.app, self.refusal = app, refusal
+                 admit: Callable[[str], Reservation]) -> None:  # fmt: skip
+        self.app, self.admit = app, admit
         self.routes = [(compile_path(template.replace("{model_name}", model_name))[0], template, kind)
                        for template, kind in routes.items()]  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._computing(scope)
+        if route is None:
+            return await self.app(scope, receive, send)
+        try:
+            scope[ADMITTED] = self.admit(route[1])
+        except HTTPException as refused:
+            scope[LABEL] = route[0]
+            return await error(refused.status_code, refused.detail, refused.headers)(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            scope[ADMITTED].release()
+
+    def _computing(self, scope: Scope) -> tuple[str, str] | None:
+        """(route template, batcher kind) of a POST to a route that computes, else None."""
         if scope["type"] == "http" and scope["method"] == "POST":
             for regex, template, kind in self.routes:
-                if regex.match(scope["path"]) and (refused := self.refusal(kind)) is not None:
-                    scope[LABEL] = template
-                    return await error(refused.status_code, refused.detail, refused.headers)(scope, receive, send)
-        await self.app(scope, receive, send)
+                if regex.match(scope["path"]):
+                    return template, kind
+        return None
 
 
 class Metrics:

@@ -83,7 +83,11 @@ def add_oip_routes(app: FastAPI, served: Served, name: str, dependencies: list[A
         model(model_name)
         header, tensors = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         images = await _images(header, tensors, served, (C, H, W))
-        probs = torch.stack(await served.compute(request, "predict", images)).float().numpy()
+        reservation = served.admit(request, "predict", len(images))
+        try:
+            probs = torch.stack(await served.compute(request, "predict", images, reservation)).float().numpy()
+        finally:
+            reservation.release()
         return _response(header, name, probs)
 
 

@@ -52,7 +52,7 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
         if topk < 1:
             raise HTTPException(400, f"topk must be at least 1, got {topk}")
         upload = await read_upload(request, served.max_images)
-        reservation = served.admit(kind, len(upload.images))
+        reservation = served.admit(request, kind, len(upload.images))
         try:
             images = await served.decode_async(upload.images)
             if not upload.batch and isinstance(images[0], str):

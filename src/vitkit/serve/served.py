@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 from ..data.images import ImageDecodeError, open_image
 from .batcher import Batcher, QueueFull, QueueTimeout, Reservation, Row
-from .middleware import Metrics
+from .middleware import ADMITTED, Metrics
 from .readiness import Readiness
 
 RETRY_AFTER_S = 1
@@ -63,21 +63,24 @@ class Served:
         once in anyio's 40 threads fought over the GIL (6 ms a decode at 32 clients, 225 at 512)."""
         return await asyncio.get_running_loop().run_in_executor(self.decoder, self.decode, images)
 
-    def refusal(self, kind: str) -> HTTPException | None:
-        """The 503 for a request to batcher `kind` when its queue has no room for even one image (the Shed
-        middleware sends it before the request is routed or its body read), else None."""
+    def admit_first(self, kind: str) -> Reservation:
+        """Room in batcher `kind`'s queue for a request's first image, taken by the Shed middleware before
+        the request is routed or its body read: a 503 when there is none."""
         try:
-            self.batchers[kind].check_room(1)
+            return self.batchers[kind].reserve(1)
         except QueueFull as e:
-            return self._refused(e)
-        return None
+            raise self._refused(e) from None
 
-    def admit(self, kind: str, n: int) -> Reservation:
-        """Refuse at once (503) a request of `n` images that the queue has no room for, before its images
-        are decoded. Else hold the room while they decode; the caller releases the reservation when the
-        request ends."""
+    def admit(self, request: Request, kind: str, n: int) -> Reservation:
+        """Room for the request's `n` images before they are decoded: the room Shed took for its first image
+        (scope[ADMITTED]) extended to all of them, or a new reservation; else a 503 at once. The caller
+        releases it when the request ends."""
+        held: Reservation | None = request.scope.get(ADMITTED)
         try:
-            return self.batchers[kind].reserve(n)
+            if held is None:
+                return self.batchers[kind].reserve(n)
+            held.extend(n)
+            return held
         except QueueFull as e:
             raise self._refused(e) from None
 
