@@ -180,7 +180,7 @@ def test_requests_that_arrive_together_pass_the_shed_only_while_there_is_room(mo
     """Shed takes the room it admits a request to: of six requests whose bodies arrive slowly, with room
     for two in the queue, two are admitted and read, and four are refused before a byte of their bodies is
     read. A check that took no room let all six through while there was room, to read their bodies and be
-    refused by the route (half the refusals under a storm of 512 clients, docs/serving.md)."""
+    refused by the route (over a quarter of the refusals under a storm of 512 clients, docs/serving.md)."""
     held = Held(model)
     app = create_app(held, CLASSES, max_batch=1, max_wait_ms=0, max_queue=2)
     read: list[int] = []

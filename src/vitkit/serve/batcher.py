@@ -146,9 +146,9 @@ class Batcher:
 
     def reserve(self, n: int) -> Reservation:
         """Admit a request of `n` images: QueueFull now, or room held for them until they are queued."""
-        self.check_room(n)
-        self.reserved += n
-        return Reservation(self, n)
+        reservation = Reservation(self, 0)
+        reservation.extend(n)
+        return reservation
 
     def start(self, executor: Executor) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(executor))
