@@ -38,6 +38,7 @@ from .middleware import BodyLimit, Metrics, MetricsMiddleware, Shed, error
 from . import oip, routes_v1
 from .oip import add_oip_routes
 from .readiness import Readiness, warm_up_then_ready
+from .runtime import RUNTIMES, onnx_probabilities
 from .routes_v1 import add_v1_routes
 from .served import DECODE_THREADS, Served
 
@@ -76,15 +77,19 @@ def _api_key_check(api_key: str | None) -> Callable[[Request], None]:
 
 
 def _batch_fns(
-    model: torch.nn.Module, precision: Precision, int8: torch.nn.Module | None = None
+    model: torch.nn.Module, precision: Precision, int8: torch.nn.Module | None = None, runtime: str = "torch"
 ) -> tuple[Callable, Callable | None]:
     """The forward passes the batchers run: probabilities, and (probabilities, rollout) for attention models.
-    With `int8` (vitkit.quantize's model of `model`), it gives the probabilities; the rollout stays fp32."""
+    With `int8` (vitkit.quantize's model of `model`), it gives the probabilities; the rollout stays fp32.
+    With runtime "onnxruntime", ONNX Runtime gives the probabilities (fp32); the rollout stays PyTorch's."""
     device = next(model.parameters()).device
     classifier = model if int8 is None else int8
+    onnx = onnx_probabilities(model) if runtime == "onnxruntime" else None
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
+        if onnx is not None:
+            return onnx(x)
         with autocast(device, precision):
             return probabilities(classifier, x).cpu()
 
@@ -113,6 +118,7 @@ def create_app(
     max_images_per_request: int = 64,
     readiness: Readiness | None = None,
     model_name: str | None = None,
+    runtime: str = "torch",
 ) -> FastAPI:
     """The app serving `model` (in eval mode, on its device) with `classes` as its class names.
     `checksum`: the checkpoint file's SHA-256, reported by /v1/model; `dataset`: the training data's
@@ -120,8 +126,12 @@ def create_app(
     vitkit.quantize (warmed up to `max_batch`), which then computes every class probability.
     Backpressure: more than `max_queue` queued images (default 4 x max_batch) is a 503, an image queued
     over `timeout_ms` a 504. `readiness`: shared by the worker processes (default: this process alone);
-    `model_name`: the name under /v2/models (default: the model's)."""
+    `model_name`: the name under /v2/models (default: the model's). `runtime`: "torch", or "onnxruntime" for the
+    predictions (fp32, CPU; vitkit.serve.runtime)."""
     cfg = model.config
+    if runtime not in RUNTIMES or (runtime == "onnxruntime" and (precision != "fp32" or int8 is not None)):
+        raise ValueError(f"runtime must be one of {RUNTIMES}, and onnxruntime serves fp32; got {runtime!r} with "
+                         f"{'int8' if int8 is not None else precision}")  # fmt: skip
     model.eval()
     names = class_names(cfg.num_classes, classes)
     page = _page_files(sample_set(names, dataset))
@@ -130,8 +140,8 @@ def create_app(
     queue = dict(max_queue=max_queue or 4 * max_batch, timeout_s=timeout_ms / 1000)
     batchers = {kind: Batcher(fn, max_batch, max_wait_ms, metrics.on_batch, **queue,
                               on_depth=metrics.queue_depth.labels(kind).set)
-                for kind, fn in zip(("predict", "explain"), _batch_fns(model, precision, int8)) if fn is not None}  # fmt: skip
-    info = _model_info(cfg, names, checksum, "explain" in batchers, "int8" if int8 else precision,
+                for kind, fn in zip(("predict", "explain"), _batch_fns(model, precision, int8, runtime)) if fn is not None}  # fmt: skip
+    info = _model_info(cfg, names, checksum, "explain" in batchers, "int8" if int8 else precision, runtime,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_bytes=max_upload_bytes,
                        max_queue=queue["max_queue"], timeout_ms=timeout_ms,
                        max_images_per_request=max_images_per_request)  # fmt: skip
@@ -171,7 +181,7 @@ def create_app(
 
 
 def _model_info(
-    cfg: Any, names: list[str], checksum: str | None, explain: bool, precision: str, **limits: float
+    cfg: Any, names: list[str], checksum: str | None, explain: bool, precision: str, runtime: str, **limits: float
 ) -> dict[str, Any]:
     """What /v1/model reports: the model, its classes, the preprocessing a client must match, and the limits."""
     H, W = cfg.img_size
@@ -181,7 +191,7 @@ def _model_info(
         "preprocessing": {"resize": [round(H / cfg.crop_pct), round(W / cfg.crop_pct)], "crop": [H, W],
                           "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
                           "mean": list(cfg.mean), "std": list(cfg.std), "channels": cfg.in_chans},
-        "precision": precision, **limits,
+        "precision": precision, "runtime": runtime, **limits,
     }  # fmt: skip
 
 
