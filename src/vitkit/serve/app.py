@@ -81,15 +81,12 @@ def _batch_fns(
 ) -> tuple[Callable, Callable | None]:
     """The forward passes the batchers run: probabilities, and (probabilities, rollout) for attention models.
     With `int8` (vitkit.quantize's model of `model`), it gives the probabilities; the rollout stays fp32.
-    With runtime "onnxruntime", ONNX Runtime gives the probabilities (fp32); the rollout stays PyTorch's."""
+    With runtime "onnxruntime", ONNX Runtime gives the probabilities (fp32); explain stays PyTorch's."""
     device = next(model.parameters()).device
     classifier = model if int8 is None else int8
-    onnx = onnx_probabilities(model) if runtime == "onnxruntime" else None
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        if onnx is not None:
-            return onnx(x)
         with autocast(device, precision):
             return probabilities(classifier, x).cpu()
 
@@ -98,6 +95,8 @@ def _batch_fns(
         with autocast(device, precision):  # two passes: the forward keeps its fused attention kernel
             return probabilities(classifier, x).cpu(), attention_rollout(model, x, batch_size=len(x))
 
+    if runtime == "onnxruntime":
+        predict = onnx_probabilities(model)
     return predict, explain if hasattr(model, "attention_maps") else None
 
 
