@@ -38,7 +38,7 @@ from .middleware import BodyLimit, Metrics, MetricsMiddleware, Shed, error
 from . import oip, routes_v1
 from .oip import add_oip_routes
 from .readiness import Readiness, warm_up_then_ready
-from .runtime import RUNTIMES, onnx_probabilities
+from .runtime import check_runtime, onnx_probabilities
 from .routes_v1 import add_v1_routes
 from .served import DECODE_THREADS, Served
 
@@ -128,18 +128,17 @@ def create_app(
     `model_name`: the name under /v2/models (default: the model's). `runtime`: "torch", or "onnxruntime" for the
     predictions (fp32, CPU; vitkit.serve.runtime)."""
     cfg = model.config
-    if runtime not in RUNTIMES or (runtime == "onnxruntime" and (precision != "fp32" or int8 is not None)):
-        raise ValueError(f"runtime must be one of {RUNTIMES}, and onnxruntime serves fp32; got {runtime!r} with "
-                         f"{'int8' if int8 is not None else precision}")  # fmt: skip
+    check_runtime(runtime, "int8" if int8 is not None else precision, next(model.parameters()).device.type)
     model.eval()
     names = class_names(cfg.num_classes, classes)
     page = _page_files(sample_set(names, dataset))
     metrics = Metrics(batch_sizes(max_batch))
     readiness = readiness or Readiness()
     queue = dict(max_queue=max_queue or 4 * max_batch, timeout_s=timeout_ms / 1000)
+    fns = zip(("predict", "explain"), _batch_fns(model, precision, int8, runtime))
     batchers = {kind: Batcher(fn, max_batch, max_wait_ms, metrics.on_batch, **queue,
                               on_depth=metrics.queue_depth.labels(kind).set)
-                for kind, fn in zip(("predict", "explain"), _batch_fns(model, precision, int8, runtime)) if fn is not None}  # fmt: skip
+                for kind, fn in fns if fn is not None}  # fmt: skip
     info = _model_info(cfg, names, checksum, "explain" in batchers, "int8" if int8 else precision, runtime,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_bytes=max_upload_bytes,
                        max_queue=queue["max_queue"], timeout_ms=timeout_ms,

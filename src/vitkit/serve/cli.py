@@ -10,6 +10,7 @@ import sys
 import torch
 
 from ..inference import inference_device
+from .runtime import RUNTIMES, check_runtime
 from .workers import default_threads, run_workers
 
 
@@ -30,9 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     if max_queue < 1 or args.timeout_ms <= 0 or args.max_images_per_request < 1:
         raise ValueError(f"--max-queue must be >= 1, --timeout-ms > 0 and --max-images-per-request >= 1, got "
                          f"{max_queue}, {args.timeout_ms:g} and {args.max_images_per_request}")  # fmt: skip
-    if args.runtime == "onnxruntime" and (args.precision not in ("auto", "fp32") or args.device == "cuda"):
-        raise ValueError(f"--runtime onnxruntime serves fp32 on the CPU, not --precision {args.precision} "
-                         f"--device {args.device}")  # fmt: skip
+    check_runtime(args.runtime, args.precision, args.device)
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
     onnx = args.runtime == "onnxruntime"
@@ -95,8 +94,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DATASET",
         help="int8 calibration images: this dataset's training split (default: the checkpoint's)",
     )
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="the predictions' forward pass: PyTorch, or ONNX Runtime (fp32, CPU; no GIL held while it runs)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="the predictions' forward pass: PyTorch, or ONNX Runtime (fp32, CPU; holds no GIL)")
     p.add_argument("--api-key", help="require it on /v1/*, as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own model (default 1)")
