@@ -71,8 +71,20 @@ def winners(families: dict[str, Any], base: str) -> dict[str, Any]:
         probes = f["probes"][:done]
         best = max(probes, key=lambda p: p["score"]) if probes else None  # max keeps the first on a tie
         recipes[family] = {"recipe": base.format(family=family), "overrides": best["overrides"] if best else {},
-                           "tuned": best is not None, "heldout_top1": best["score"] if best else None}  # fmt: skip
+                           "tuned": best is not None, "heldout_top1": best["score"] if best else None,
+                           "grid_points_done": done}  # fmt: skip
     return {"rule": RULE, "grid_points_done": done, "grid_points": len(GRID), "recipes": recipes}
+
+
+def write_recipes(path: Path, families: dict[str, Any], base: str) -> None:
+    """The winners of the families tuned here into the recipes file at `path`, keeping its other families (tuned
+    by an earlier run of the same grid, e.g. the hybrid after the ViT and the ResNet)."""
+    doc = winners(families, base)
+    if path.is_file():
+        held = json.loads(path.read_text())
+        doc["recipes"] = {**held.get("recipes", {}), **doc["recipes"]}
+        doc["grid_points_done"] = min(r.get("grid_points_done", 0) for r in doc["recipes"].values())
+    _write(path, doc)
 
 
 def main() -> None:
@@ -80,7 +92,11 @@ def main() -> None:
     parser.add_argument("--data", default="fashion_mnist")
     parser.add_argument("--models", default="vit,resnet,hybrid")
     parser.add_argument("--sizes", type=_ints, default=[3000])
-    parser.add_argument("--images-seen", type=int, default=32_000, help="budget of every probe")
+    parser.add_argument("--images-seen", type=int, help="budget of every probe (default 32,000 images)")
+    parser.add_argument("--epochs-per-size", type=float, help="instead: E passes over each probe's training part")
+    parser.add_argument("--max-images-seen", type=int, help="with --epochs-per-size: at most M images a probe")
+    parser.add_argument("--ledger-dir", help="a ledger per grid point (DIR/pI.jsonl): finished probes are not "
+                                             "trained again, on any machine")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=GRID_BATCH)
     parser.add_argument("--base", default="small-data-{family}", help="recipe each grid point overrides")
     parser.add_argument("--precision", default="bf16")
@@ -92,15 +108,19 @@ def main() -> None:
     parser.add_argument("--result", default=str(RESULTS / "tune_recipes.json"))
     parser.add_argument("--recipes-out", help="write the winners as a recipes file (vitkit study --recipes)")
     args = parser.parse_args()
+    if args.images_seen is None and args.epochs_per_size is None:
+        args.images_seen = 32_000
 
     models = resolve_models(args.data, args.models.split(","))
     families: dict[str, Any] = {family: {"model": model, "probes": []} for model, family in models.items()}
     budget = {"grid_points": len(GRID), "sizes": args.sizes, "images_seen_per_probe": args.images_seen,
+              "epochs_per_size": args.epochs_per_size, "max_images_seen": args.max_images_seen,
+              "evaluations": args.evaluations,
               "batch_size": args.batch_size, "base": args.base, "data": args.data, "device": args.device, "precision": args.precision,
-              "patience": args.patience, "images_seen_per_family": len(GRID) * len(args.sizes) * args.images_seen}  # fmt: skip
+              "patience": args.patience}  # fmt: skip
     command = " ".join(["python", "benchmarks/tune_recipes.py", *sys.argv[1:]])
     if args.recipes_out:
-        _write(Path(args.recipes_out), winners(families, args.base))
+        write_recipes(Path(args.recipes_out), families, args.base)
     for i, point in enumerate(GRID):
         overrides = scaled(point, args.batch_size)
         for model, family in models.items():
@@ -108,16 +128,20 @@ def main() -> None:
             study = data_scale(args.data, args.sizes, [model], args.images_seen, 1, Path(args.out) / model / f"p{i}",
                                precision=args.precision, recipe_overrides=overrides, progress=False,
                                device=args.device, workers=args.workers, evaluations=args.evaluations,
-                               patience=args.patience, recipes={family: {"recipe": args.base.format(family=family)}})  # fmt: skip
+                               patience=args.patience, recipes={family: {"recipe": args.base.format(family=family)}},
+                               epochs_per_size=args.epochs_per_size, max_images_seen=args.max_images_seen,
+                               ledger=Path(args.ledger_dir) / f"p{i}.jsonl" if args.ledger_dir else None)  # fmt: skip
             held_out = [r["heldout_top1"] for r in study["runs"]]
             diverged = [r["diverged"] for r in study["runs"] if r["diverged"]]
             score = statistics.mean(0.0 if h is None else h for h in held_out)  # a diverged setting scores 0
             families[family]["probes"].append({"overrides": overrides, "heldout_top1": held_out, "score": score,
-                                               "diverged": diverged or None, "seconds": time.time() - started})  # fmt: skip
+                                               "diverged": diverged or None, "seconds": time.time() - started,
+                                               "steps": [r["steps"] for r in study["runs"]],
+                                               "stopped": [r.get("stopped") for r in study["runs"]]})  # fmt: skip
             print(f"{model} {overrides}: held-out top-1 {held_out} -> {score:.2%}", flush=True)
             _write(Path(args.result), {"budget": budget, "rule": RULE, "families": families, "command": command})
         if args.recipes_out:
-            _write(Path(args.recipes_out), winners(families, args.base))
+            write_recipes(Path(args.recipes_out), families, args.base)
     for family, spec in winners(families, args.base)["recipes"].items():
         print(f"{family} ({families[family]['model']}): best {spec['overrides']} held-out {spec['heldout_top1']:.2%}")
 

@@ -19,6 +19,7 @@ from vitkit.cli import main
 from vitkit.data.subsets import balanced_order, nested_subset, subset_indices
 from vitkit.evaluate.fewshot import representations
 from vitkit.flops import step_flops
+from vitkit.study_analysis import summarise
 from vitkit.train.runlog import read_metrics
 
 # Four tiny runs on scikit-learn's digits (1,437 training images, 10 classes), a ViT and a ResNet at each size
@@ -118,7 +119,7 @@ def test_a_study_writes_one_run_directory_per_model_size_and_seed_and_its_result
 def test_the_summary_is_the_mean_and_population_std_over_seeds():
     runs = [{"model": "m", "family": "vit", "size": 10, "seed": s, "top1": t, "fewshot_10": f, "train_flops": 5}
             for s, t, f in [(0, 0.5, 0.2), (1, 0.7, None), (2, 0.9, 0.4)]]  # fmt: skip
-    [row] = study.summarise(runs)
+    [row] = summarise(runs)
     assert row["seeds"] == 3 and row["top1"] == pytest.approx(0.7) and row["top1_std"] == pytest.approx((0.08 / 3) ** 0.5)
     assert row["fewshot_10"] == pytest.approx(0.3) and row["fewshot_10_std"] == pytest.approx(0.1)
 
@@ -190,8 +191,8 @@ def test_a_run_that_diverges_is_recorded_as_diverged_and_the_study_goes_on(tmp_p
     and the error, the ResNet's run still trains, and a rerun does not train the diverged run again."""
     real_recipe = study.Plan.recipe
 
-    def recipe(plan, model):
-        r = real_recipe(plan, model)
+    def recipe(plan, model, train_images=None):
+        r = real_recipe(plan, model, train_images)
         return r.replace(optimizer="sgd", lr=1e9, clip_grad=None) if model.startswith("vit") else r
 
     monkeypatch.setattr(study.Plan, "recipe", recipe)
@@ -255,8 +256,14 @@ def test_epochs_of_largest_sets_every_runs_budget_to_passes_over_the_largest_siz
 
 
 @pytest.mark.parametrize("change, message", [
-    (["--epochs-of-largest", "2"], "give the budget one way: --images-seen N or --epochs-of-largest E, not both"),
-    (["--images-seen", None], "no budget given: --images-seen N or --epochs-of-largest E"),
+    (["--epochs-of-largest", "2"], "give the budget one way: --images-seen N, --epochs-of-largest E or "
+                                   "--epochs-per-size E, not 2"),
+    (["--images-seen", None], "no budget given: --images-seen N, --epochs-of-largest E or --epochs-per-size E"),
+    (["--epochs-per-size", "2"], "give the budget one way"),
+    (["--images-seen", None, "--epochs-per-size", "2", "--max-images-seen", "5"],
+     "--max-images-seen 5 is below one batch (10 images of"),
+    (["--max-images-seen", "500"], "--max-images-seen caps --epochs-per-size"),
+    (["--ledger", "/etc/hostname"], "ledger /etc/hostname line 1 is not a ledger line"),
     (["--transfer", "nosuch"], "--transfer nosuch cannot be read: unknown dataset"),
     (["--transfer", "imagefolder:/nonexistent/dir"], "--transfer imagefolder:/nonexistent/dir cannot be read"),
     (["--patience", "2", "--holdout", "0"], "patience counts held-out evaluations"),

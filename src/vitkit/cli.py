@@ -207,16 +207,21 @@ def _int_list(text: str) -> list[int]:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .study import data_scale, format_summary, read_recipes
+    from .study import data_scale, format_summary, read_recipes, report
     from .train import Interrupted
 
+    if args.study == "report":
+        study = report(args.ledger, args.out)
+        print(json.dumps(study) if args.json else format_summary(study))
+        return 0
     seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
     try:
         study = data_scale(
             args.data, args.sizes, args.models.split(","), args.images_seen, seeds, args.out, args.holdout,
             args.precision, _given(args, args.recipe_fields), args.data_root, args.device, args.workers, args.progress,
             args.evaluations, args.epochs_of_largest, args.patience, args.transfer,
-            read_recipes(args.recipes) if args.recipes else None,
+            read_recipes(args.recipes) if args.recipes else None, args.epochs_per_size, args.max_images_seen,
+            args.ledger,
         )  # fmt: skip
     except Interrupted as e:
         print(f"vitkit study: {e}; run the same command again to continue the study", file=sys.stderr)
@@ -239,6 +244,11 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--images-seen", type=int, help="training budget of every run, in images")
     d.add_argument("--epochs-of-largest", type=float, help="instead of --images-seen: a budget of E passes over the "
                                                            "largest size, for every run")  # fmt: skip
+    d.add_argument("--epochs-per-size", type=float, help="instead of --images-seen: a run at size N sees E passes over "
+                                                         "its training part (N less the held-out images)")  # fmt: skip
+    d.add_argument("--max-images-seen", type=int, help="with --epochs-per-size: no run sees more than M images")
+    d.add_argument("--ledger", help="a JSON-lines file each finished run is appended to; the runs it holds are not "
+                                    "trained again, even in an empty --out (keep it in git to continue anywhere)")  # fmt: skip
     d.add_argument("--patience", type=int, help="stop a run after N held-out evaluations without a better one")
     d.add_argument("--transfer", help="also score every run by 10-shot linear regression on this dataset's frozen "
                                       "features (e.g. mnist5k), resized to the model's input")  # fmt: skip
@@ -259,6 +269,12 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     recipe_fields = _add_fields(recipe, Recipe, {}, skip=("epochs", "steps", "patch_drop", "patch_drop_until",
                                                           "reset_head"))  # fmt: skip
     d.set_defaults(func=_study, recipe_fields=recipe_fields)
+    r = kinds.add_parser("report", help="study.json, study.csv, the plots and the gap analysis, rebuilt from a "
+                                        "ledger alone (vitkit study data-scale --ledger)")  # fmt: skip
+    r.add_argument("--ledger", required=True, help="the study's JSON-lines ledger")
+    r.add_argument("--out", required=True, help="where to write study.json, study.csv and the plots")
+    r.add_argument("--json", action="store_true", help="print study.json's object instead of the table")
+    r.set_defaults(func=_study)
 
 
 # Each subcommand registers itself here: a function that adds its parser and sets `func`.

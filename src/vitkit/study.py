@@ -2,8 +2,8 @@
 ResNet and a hybrid compare as the training set grows.
 
 Every model trains from scratch on nested, class-balanced subsets of the training split
-(vitkit.data.subsets), each run on the same budget of images seen (`images_seen`, or `epochs_of_largest`
-passes over the largest size), with its family's small-data recipe (vitkit.train.recipes.FAMILY_RECIPES, or
+(vitkit.data.subsets), each run on a budget of images seen (vitkit.study_plan: one for all, or a number of
+passes over each run's own training part), with its family's small-data recipe (vitkit.train.recipes.FAMILY_RECIPES, or
 the tuned ones a recipes file names) and no tuning per size. A class-balanced part of each subset is held
 out: the best held-out checkpoint (early stopping, as the paper's Fig. 4; with `patience`, the run also stops
 there) is evaluated on the full test split (top-1), by 10-shot linear regression on its frozen features
@@ -13,16 +13,17 @@ pre-training by transfer).
 Each run is an ordinary `vitkit train` run directory, OUT/<model>/n<size>/seed<k>, finished by a
 result.json; OUT/manifest.json holds the study's identity. OUT/study.json is rewritten as each run finishes
 ("complete": false until the last), so a study cut short still has usable results; started again, it skips
-the finished runs and resumes the interrupted one from its last checkpoint. vitkit.study_analysis turns the
-runs into gaps to the ViT per size and their trend against log size.
+the finished runs and resumes the interrupted one from its last checkpoint. With a ledger (vitkit.study_ledger)
+each finished run is also appended to a small JSON-lines file that outlives OUT and the machine: a study started
+with it trains only the runs it lacks. vitkit.study_analysis turns the runs into gaps to the ViT per size and
+their trend against log size; vitkit.study_report writes the results.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence, get_args
 
@@ -32,142 +33,35 @@ from tqdm import tqdm
 
 from .checkpoints.load import load
 from .data import DataSource, load_data
-from .data.datasets import parse_spec
 from .data.subsets import check_size, dataset_labels, split_subset, subset_indices
 from .data.transforms import eval_transform
 from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
 from .files import atomic_write
 from .flops import step_flops
-from .models import get_config, resolve_name
+from .models import get_config
 from .precision import Requested
-from .study_analysis import METRICS, analyse, summarise
-from .study_plots import plot_accuracy_vs_flops, plot_accuracy_vs_size
-from .train import NonFiniteLoss, fit, get_recipe, make_config
-from .train.recipes import FAMILY_RECIPES, Recipe
+from .study_ledger import Ledger, run_key
+from .study_plan import (FAMILIES, FAMILY_MODELS, FEWSHOT_POOL, FEWSHOT_SEEDS, SHOTS, Plan, budget, plan_of,
+                         read_recipes, resolve_models)  # fmt: skip
+from .study_report import (FIGURES, MANIFEST, RESULT, RUN_FIELDS, STUDY, collect, format_summary, reference_vit,
+                           report, results, write_results)  # fmt: skip
+from .train import NonFiniteLoss, fit, make_config
 from .train.rundir import RunDir
 from .train.runlog import read_metrics
 
-FAMILIES = tuple(FAMILY_RECIPES)
-_FASHION = {"vit": "vit_fashion_patch4_28", "resnet": "resnetv2_fashion_28", "hybrid": "vit_fashion_hybrid_28",
-            "vit_ti": "vit_fashion_tiny_patch4_28", "vit_s": "vit_fashion_small_patch4_28"}  # fmt: skip
-# The model of each family that a dataset studies by default (`--models vit,resnet,hybrid`); `vit_ti` and `vit_s`
-# name larger ViTs of the same shape, the paper's Fig. 3 model-size axis. The `vit` entry is the reference of
-# the gaps (vitkit.study_analysis).
-FAMILY_MODELS: dict[str, dict[str, str]] = {
-    "fashion_mnist": _FASHION,
-    "mnist5k": _FASHION,
-    "digits": {"vit": "vit_test_patch4_16", "resnet": "resnetv2_test_16"},
-    "cifar10": {"vit": "vit_micro_patch4_32"},
-    "cifar100": {"vit": "vit_micro_patch4_32"},
-    "imagefolder": {"vit": "vit_small_patch16_224", "resnet": "resnetv2_50x1_bit", "hybrid": "vit_small_r26_s32_224"},
-}  # fmt: skip
-SHOTS = 10
-FEWSHOT_POOL = 50  # images per class whose features the 10-shot support sets are drawn from
-FEWSHOT_SEEDS = 3
-MANIFEST, RESULT, STUDY = "manifest.json", "result.json", "study.json"
-FIGURES = ("accuracy_vs_size.png", "accuracy_vs_flops.png")
-RUN_FIELDS = ("model", "family", "size", "seed", "top1", "fewshot_10", "transfer_10", "train_flops", "heldout_top1",
-              "steps", "budget_steps", "images_seen", "run_dir", "diverged")  # fmt: skip
-
-
-def resolve_models(data: str, models: Sequence[str]) -> dict[str, str]:
-    """Family names ('vit', 'resnet', 'hybrid'; 'vit_ti', 'vit_s' where the dataset has them) -> the dataset's
-    model of that name; registry names as they are. Returns {model name: family}, in the order given."""
-    defaults = FAMILY_MODELS.get(parse_spec(data)[0], {})
-    resolved: dict[str, str] = {}
-    for entry in models:
-        if entry in FAMILIES or entry in defaults:
-            if entry not in defaults:
-                raise ValueError(f"no default {entry} model for dataset {data}: name a registered model instead")
-            entry = defaults[entry]
-        try:
-            name = resolve_name(entry)  # a paper alias ('ViT-B/16') becomes the registry name, a folder name
-            resolved[name] = get_config(name).family
-        except ValueError as e:
-            raise ValueError(f"{e} (--models takes the families {', '.join(FAMILIES)} or registered names)") from None
-    if not resolved:
-        raise ValueError("no models given: --models vit,resnet,hybrid or registered names")
-    return resolved
-
-
-def budget(sizes: Sequence[int], images_seen: int | None, epochs_of_largest: float | None) -> int:
-    """Every run's images seen: `images_seen`, or `epochs_of_largest` passes over the largest size (the
-    paper's framing: every subset trained as long as the full set would be). Exactly one of the two."""
-    if (images_seen is None) == (epochs_of_largest is None):
-        raise ValueError("give the budget one way: --images-seen N or --epochs-of-largest E, not both" if
-                         images_seen is not None else "no budget given: --images-seen N or --epochs-of-largest E")  # fmt: skip
-    if epochs_of_largest is None:
-        return images_seen  # type: ignore[return-value]
-    if not epochs_of_largest > 0 or not sizes:
-        raise ValueError(f"epochs_of_largest must be positive and sizes given, got {epochs_of_largest}, {list(sizes)}")
-    return math.ceil(epochs_of_largest * max(sizes))
-
-
-def read_recipes(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A recipes file (benchmarks/tune_recipes.py writes one): {"recipes": {family: {"recipe": NAME,
-    "overrides": {field: value}}}} -> its "recipes"; a one-line error for a file that is not one."""
-    try:
-        recipes = json.loads(Path(path).read_text())["recipes"]
-        for family, spec in recipes.items():
-            get_recipe(spec["recipe"], **spec.get("overrides", {}))
-            if family not in FAMILIES:
-                raise ValueError(f"unknown family {family!r}")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"recipes file {path}: {e} (expected {{\"recipes\": {{family: {{\"recipe\": name, "
-                         f"\"overrides\": {{...}}}}}}}})") from None  # fmt: skip
-    return recipes
-
-
-@dataclasses.dataclass
-class Plan:
-    """What a study computes; `identity()` is what OUT/manifest.json records."""
-
-    data: str
-    sizes: list[int]
-    models: dict[str, str]  # name -> family
-    images_seen: int
-    seeds: list[int]  # per size
-    holdout: float
-    precision: Requested  # auto: each run's choice is in its config.yaml
-    recipe_overrides: dict[str, Any]
-    evaluations: int  # held-out evaluations (and checkpoints) per run
-    epochs_of_largest: float | None = None  # how images_seen was set, if it was
-    patience: int | None = None  # stop a run after this many held-out evaluations without a better one
-    transfer: str | None = None  # the dataset of the transfer 10-shot
-    family_recipes: dict[str, dict[str, Any]] | None = None  # family -> {"recipe", "overrides"} (read_recipes)
-
-    def _spec(self, model: str) -> dict[str, Any]:
-        family = self.models[model]
-        return (self.family_recipes or {}).get(family) or {"recipe": FAMILY_RECIPES[family]}
-
-    def recipe_name(self, model: str) -> str:
-        return self._spec(model)["recipe"]
-
-    def recipe(self, model: str) -> Recipe:
-        """The model's family recipe (or the recipes file's) with the overrides and the study's run length."""
-        spec = self._spec(model)
-        base = get_recipe(spec["recipe"], **{**spec.get("overrides", {}), **self.recipe_overrides})
-        return base.replace(steps=math.ceil(self.images_seen / base.batch_size), epochs=None)
-
-    def identity(self) -> dict[str, Any]:
-        recipes = {m: dataclasses.asdict(self.recipe(m)) for m in self.models}
-        doc = {**dataclasses.asdict(self), "recipes": recipes, "shots": SHOTS, "fewshot_pool": FEWSHOT_POOL,
-               "fewshot_seeds": FEWSHOT_SEEDS}  # fmt: skip
-        return json.loads(json.dumps(doc))  # tuples -> lists, as read back
-
-    def runs(self) -> list[tuple[str, int, int]]:
-        """(model, size, seed) of every run: seed 0 at every size first, then the further seeds, each seed's
-        largest size first, so a study cut short by a time limit leaves whole comparisons, every size, and
-        the largest (the dearest, and the one the question turns on) before all."""
-        by_size = sorted(zip(self.sizes, self.seeds), reverse=True)
-        return [(m, n, s) for s in range(max(self.seeds)) for n, k in by_size if s < k for m in self.models]
+__all__ = ["FAMILIES", "FAMILY_MODELS", "FIGURES", "RUN_FIELDS", "Plan", "budget", "collect", "data_scale",
+           "format_summary", "plan_of", "read_recipes", "reference_vit", "report", "resolve_models", "transfer_task"]  # fmt: skip
 
 
 def _check(plan: Plan, data: DataSource) -> None:
     """Every bad input a one-line ValueError, before any training."""
-    if plan.images_seen <= 0:
+    if plan.images_seen is not None and plan.images_seen <= 0:
         raise ValueError(f"images_seen must be positive, got {plan.images_seen}")
+    batch, model = max((plan.base_recipe(m).batch_size, m) for m in plan.models)
+    if plan.max_images_seen is not None and plan.max_images_seen < batch:
+        raise ValueError(f"--max-images-seen {plan.max_images_seen} is below one batch ({batch} images of {model}'s "
+                         f"recipe): give at least {batch}")  # fmt: skip
     if plan.patience is not None and (plan.patience < 1 or not plan.holdout):
         raise ValueError(f"patience counts held-out evaluations: give it >= 1 and a holdout, got {plan.patience}")
     if not 0 <= plan.holdout < 1:
@@ -266,24 +160,47 @@ def _evaluate(run_dir: Path, task: FewShotTask | None, transfer: FewShotTask | N
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """One run of a study: its model, size and seed, how many of its subset's images it trains on (the rest are
+    held out), its ledger key (vitkit.study_ledger.run_key) and its run directory."""
+
+    model: str
+    size: int
+    seed: int
+    train_images: int
+    key: dict[str, Any]
+    run_dir: Path
+
+    def describe(self, plan: Plan) -> str:
+        recipe = plan.recipe(self.model, self.train_images)
+        return (f"{self.model} on {self.size:,} images ({self.train_images:,} trained on), seed {self.seed}: "
+                f"{recipe.steps * recipe.batch_size:,} images at most ({recipe.steps:,} steps)")  # fmt: skip
+
+
+def _stopped(record: dict[str, Any]) -> str:
+    """Why a run ended: its budget, early stopping (patience) or a non-finite loss."""
+    return "diverged" if record["diverged"] else "patience" if record["steps"] < record["budget_steps"] else "budget"
+
+
 def _run(
-    plan: Plan, model: str, size: int, seed: int, run_dir: Path, data: DataSource, tasks: tuple[FewShotTask | None, ...],
-    execution: dict[str, Any],
+    plan: Plan, run: StudyRun, data: DataSource, tasks: tuple[FewShotTask | None, ...], execution: dict[str, Any]
 ) -> dict[str, Any]:  # fmt: skip
     """Train (or resume, or skip) one run and evaluate it; its record, also written to run_dir/result.json.
     A run whose loss goes to NaN/inf is recorded as diverged, with no accuracy, and the study goes on."""
+    model, run_dir = run.model, run.run_dir
     if (run_dir / RESULT).is_file():
         return json.loads((run_dir / RESULT).read_text())
-    recipe = plan.recipe(model)
-    record = {"model": model, "family": plan.models[model], "size": size, "seed": seed, "steps": recipe.steps,
-              "budget_steps": recipe.steps, "images_seen": recipe.steps * recipe.batch_size, "run_dir": str(run_dir),
-              "diverged": None}  # fmt: skip
+    recipe = plan.recipe(model, run.train_images)
+    record = {"model": model, "family": plan.models[model], "size": run.size, "seed": run.seed, "steps": recipe.steps,
+              "budget_steps": recipe.steps, "budget_images": plan.images(run.train_images),
+              "images_seen": recipe.steps * recipe.batch_size, "run_dir": str(run_dir), "diverged": None}  # fmt: skip
     files = RunDir(run_dir)
     if not files.final.is_file():
         every = max(1, recipe.steps // plan.evaluations)
         cfg = make_config(
             dataclasses.asdict(recipe), data=plan.data, model=model, recipe_name=plan.recipe_name(model),
-            out=str(run_dir), resume=files.config.is_file(), seed=seed, subset=size, subset_seed=seed,
+            out=str(run_dir), resume=files.config.is_file(), seed=run.seed, subset=run.size, subset_seed=run.seed,
             holdout=plan.holdout, eval_every=every, checkpoint_every=every, patience=plan.patience,
             precision=plan.precision, **execution,
         )  # fmt: skip
@@ -303,75 +220,27 @@ def _run(
                       steps=steps, images_seen=steps * recipe.batch_size,
                       train_flops=scores["step_flops"] * steps * recipe.batch_size,
                       heldout_top1=max(heldout, default=None) if plan.holdout else None)  # fmt: skip
+    record["stopped"] = _stopped(record)
     text = json.dumps(record, indent=1)
     atomic_write(run_dir / RESULT, lambda tmp: Path(tmp).write_text(text))
     return record
 
 
-def format_summary(study: dict[str, Any]) -> str:
-    """A markdown table of the summary: a row per model and size."""
-    def pct(mean: float | None, std: float | None) -> str:
-        return "-" if mean is None else f"{mean:.2%} ± {std:.2%}"
-
-    keys = [k for k in METRICS if any(r.get(k) is not None for r in study["summary"])] or ["top1"]
-    lines = [f"| model | family | size | seeds | {' | '.join(METRICS[k] for k in keys)} | training FLOPs |",
-             "|---" * (len(keys) + 5) + "|"]  # fmt: skip
-    for r in study["summary"]:
-        cells = " | ".join(pct(r.get(k), r.get(f"{k}_std")) for k in keys)
-        lines.append(f"| {r['model']} | {r['family']} | {r['size']:,} | {r['seeds']} | {cells} | {r['train_flops']:.3g} |")
-    done = "" if study.get("complete", True) else f" (incomplete: {len(study['runs'])} runs so far)"
-    return "\n".join(lines + [f"files{done}: {', '.join(study['files'].values())}"])
+def logged_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics a run logged at each of its evaluations (the lines of metrics.jsonl with eval_* values)."""
+    path = RunDir(run_dir).metrics
+    return [r for r in read_metrics(path) if any(k.startswith("eval_") for k in r)] if path.is_file() else []
 
 
-def reference_vit(data: str, models: dict[str, str]) -> str | None:
-    """The ViT the gaps are measured from: the dataset's `vit` model if studied, else the first ViT."""
-    default = FAMILY_MODELS.get(parse_spec(data)[0], {}).get("vit")
-    return default if default in models else next((m for m, f in models.items() if f == "vit"), None)
-
-
-def _results(out: Path, plan: Plan, identity: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    reference = reference_vit(plan.data, plan.models)
-    return {"study": identity, "complete": len(records) == len(plan.runs()), "runs": records,
-            "summary": summarise(records), "analysis": analyse(records, reference) if reference else None,
-            "files": {name: str(out / name) for name in (STUDY, "study.csv", *FIGURES)}}  # fmt: skip
-
-
-def _write_results(out: Path, study: dict[str, Any], figures: bool = True) -> None:
-    """study.json and study.csv (atomic), and with `figures` the two plots."""
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RUN_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(study["runs"])
-
-    atomic_write(out / "study.csv", write_csv)
-    if figures and study["runs"]:
-        plot_accuracy_vs_size(study["summary"], out / FIGURES[0], study["study"].get("transfer"))
-        plot_accuracy_vs_flops(study["summary"], out / FIGURES[1])
-    text = json.dumps(study, indent=1)
-    atomic_write(out / STUDY, lambda tmp: Path(tmp).write_text(text))
-
-
-def _plan_of(identity: dict[str, Any]) -> Plan:
-    return Plan(**{f.name: identity[f.name] for f in dataclasses.fields(Plan) if f.name in identity})
-
-
-def collect(out: str | Path) -> dict[str, Any]:
-    """The results of the runs of the study in OUT that have finished (a study cut short, too), without training:
-    rewrites OUT/study.json, study.csv and the plots from the runs' result.json files."""
-    out = Path(out)
-    if not (out / MANIFEST).is_file():
-        raise ValueError(f"{out} holds no study ({MANIFEST} is missing)")
-    identity = json.loads((out / MANIFEST).read_text())
-    plan = _plan_of(identity)
-    records = []
+def study_runs(plan: Plan, data: DataSource, out: Path) -> list[StudyRun]:
+    """Every run of the plan, in its order, with the size of its training part and its ledger key."""
+    labels, K = dataset_labels(data.train), len(data.classes)
+    runs = []
     for model, size, seed in plan.runs():
-        result = out / model / f"n{size}" / f"seed{seed}" / RESULT
-        if result.is_file():
-            records.append(json.loads(result.read_text()))
-    study = _results(out, plan, identity, records)
-    _write_results(out, study)
-    return study
+        train_images = len(subset_indices(labels, K, size, plan.holdout, seed)[0])
+        runs.append(StudyRun(model, size, seed, train_images, run_key(plan, model, size, seed, train_images),
+                             out / model / f"n{size}" / f"seed{seed}"))  # fmt: skip
+    return runs
 
 
 def data_scale(
@@ -393,39 +262,52 @@ def data_scale(
     patience: int | None = None,
     transfer: str | None = None,
     recipes: dict[str, dict[str, Any]] | None = None,
+    epochs_per_size: float | None = None,
+    max_images_seen: int | None = None,
+    ledger: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train every model on every size with `seeds` seeds (one number, or one per size); returns (and writes
     to OUT/study.json) {"study": identity, "complete", "runs": [...], "summary": [...], "analysis", "files"}.
 
-    The budget of every run: `images_seen`, or `epochs_of_largest` x the largest size (one of the two;
-    steps = budget / batch_size). `holdout`: the fraction of each subset held out for early stopping (0: the
-    final weights are evaluated), evaluated `evaluations` times a run; `patience`: stop a run once that many
-    evaluations in a row brought no better held-out top-1. `transfer`: a second dataset, scored by 10-shot
-    linear regression on every run's frozen features. `recipes`: per family {"recipe": name, "overrides": {}}
-    (read_recipes), instead of FAMILY_RECIPES.
+    The budget of a run, one of: `images_seen`; `epochs_of_largest` x the largest size; `epochs_per_size` x its
+    training part, capped at `max_images_seen` (steps = budget / batch_size). `holdout`: the fraction of each
+    subset held out for early stopping (0: the final weights are evaluated), evaluated `evaluations` times a
+    run; `patience`: stop a run once that many evaluations in a row brought no better held-out top-1.
+    `transfer`: a second dataset, scored by 10-shot linear regression on every run's frozen features.
+    `recipes`: per family {"recipe": name, "overrides": {}} (read_recipes), instead of FAMILY_RECIPES.
+    `ledger`: a JSON-lines file (vitkit.study_ledger) that every finished run is appended to; the runs it holds
+    are not trained again, even in an empty OUT.
     """
     sizes = list(sizes)
     per_size = [seeds] * len(sizes) if isinstance(seeds, int) else list(seeds)
-    plan = Plan(data, sizes, resolve_models(data, models), budget(sizes, images_seen, epochs_of_largest), per_size,
-                holdout, precision, dict(recipe_overrides or {}), evaluations, epochs_of_largest, patience, transfer,
-                recipes or None)  # fmt: skip
+    plan = Plan(data, sizes, resolve_models(data, models),
+                budget(sizes, images_seen, epochs_of_largest, epochs_per_size, max_images_seen), per_size, holdout,
+                precision, dict(recipe_overrides or {}), evaluations, epochs_of_largest, patience, transfer,
+                recipes or None, epochs_per_size, max_images_seen)  # fmt: skip
     source = load_data(data, data_root).indexable()  # held once, for the subsets, the few-shot pool and every run
     _check(plan, source)
-    tasks = (fewshot_task(source), transfer_task(transfer, list(plan.models), data_root) if transfer else None)
     out = Path(out)
+    runs = study_runs(plan, source, out)
+    book = Ledger(ledger, data) if ledger is not None else None
+    held = [book.check(run.key) if book else None for run in runs]  # a line that disagrees: an error, now
+    tasks = (fewshot_task(source), transfer_task(transfer, list(plan.models), data_root) if transfer else None)
     identity = plan.identity()
     _claim(out, identity)
-    if (out / STUDY).is_file():
+    if (out / STUDY).is_file() and book is None:
         done = json.loads((out / STUDY).read_text())
         if done.get("complete", True):
             return done
     execution = {"data_root": data_root, "device": device, "workers": workers, "progress": progress}
     records: list[dict[str, Any]] = []
-    for model, size, seed in tqdm(plan.runs(), desc="study", unit="run", position=0, disable=not progress):
-        run_dir = out / model / f"n{size}" / f"seed{seed}"
-        records.append(_run(plan, model, size, seed, run_dir, source, tasks, execution))
-        if len(records) < len(plan.runs()):  # results so far, for a study cut short; figures at the end
-            _write_results(out, _results(out, plan, identity, records), figures=False)
-    study = _results(out, plan, identity, records)
-    _write_results(out, study)
+    for i, (run, line) in enumerate(tqdm(list(zip(runs, held)), desc="study", unit="run", disable=not progress), 1):
+        if line is None:
+            tqdm.write(f"study: run {i} of {len(runs)}: {run.describe(plan)}", file=sys.stderr)
+            record = _run(plan, run, source, tasks, execution)
+            if book is not None:
+                book.append(run.key, record, logged_evaluations(run.run_dir))
+        records.append(record if line is None else line["result"])
+        if i < len(runs):  # results so far, for a study cut short; figures at the end
+            write_results(out, results(out, identity, records, False), figures=False)
+    study = results(out, identity, records, True)
+    write_results(out, study)
     return study

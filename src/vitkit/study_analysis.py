@@ -22,9 +22,11 @@ BOOTSTRAP = 2000  # resamples of the seeds within each size
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread (population std) over seeds of each (model, size)."""
+    """Mean and spread (population std) over seeds of each (model, size): the models in the order they first
+    come, each model's sizes ascending."""
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in runs))}
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (order[r["model"]], r["size"])):
         groups[r["model"], r["size"]].append(r)
     rows = []
     for (model, size), group in groups.items():

@@ -58,6 +58,7 @@ def plot_accuracy_vs_flops(summary: list[dict[str, Any]], path: Path) -> Path:
     for model, colour in colours.items():
         ax.plot([], [], color=colour, marker="o", ls="", label=model)
     ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the cheapest model's markers (the ResNet's) and the size labels on the right
     ax.set_xlabel("training FLOPs (a training step's FLOPs per image × images seen)")
     ax.set_ylabel("test top-1")
     ax.set_title("accuracy against training compute (lines: one training-set size)")
