@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..checkpoints.metadata import class_names
 from ..data import eval_transform
 from ..data.images import ImageDecodeError, Source, open_image
 
@@ -25,14 +26,6 @@ class Prediction:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
         return {"image": self.image, "top": [{"class": c, "prob": p} for c, p in self.top]}
-
-
-def class_names(num_classes: int, classes: list[str] | None = None) -> list[str]:
-    """The names of a model's classes: those given (checked against its head), else class_0, class_1, ..."""
-    names = classes or [f"class_{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
-    return names
 
 
 def read_image(source: Source, name: str | None = None) -> Image.Image:
