@@ -130,3 +130,20 @@ def test_a_grayscale_image_into_an_rgb_model_equals_its_rgb_copy():
     gray = Image.effect_noise((40, 30), 60)  # L, non-square: resized, then the grey repeated
     transform = image_transform(vitkit.get_config("vit_test_patch4_16", crop_pct=0.875))
     assert torch.equal(transform(gray), transform(gray.convert("RGB")))
+
+
+@pytest.mark.parametrize("mode, suffix", [("1", "png"), ("L", "png"), ("LA", "png"), ("I;16", "png"), ("F", "tiff")])
+def test_every_grayscale_file_is_read_as_l_with_the_grey_levels_of_its_rgb_reading(tmp_path, mode, suffix):
+    import numpy as np
+
+    from vitkit.data.images import open_image
+
+    noise = np.asarray(Image.effect_noise((24, 16), 80), dtype=np.float64)  # (16, 24) in [0, 255]
+    pixels = {"1": noise > 128, "L": noise, "LA": noise, "I;16": noise * 257, "F": noise / 255}[mode]
+    image = Image.fromarray(pixels.astype({"1": bool, "I;16": np.uint16, "F": np.float32}.get(mode, np.uint8)))
+    if mode == "LA":
+        image = Image.merge("LA", [image, Image.fromarray((noise[::-1] > 60).astype(np.uint8) * 255)])
+    image.save(tmp_path / f"gray.{suffix}")
+    gray, rgb = (open_image(tmp_path / f"gray.{suffix}", keep_gray=keep) for keep in (True, False))
+    assert (gray.mode, rgb.mode) == ("L", "RGB")
+    assert np.array_equal(np.asarray(gray), np.asarray(rgb)[..., 0])
