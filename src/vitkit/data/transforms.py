@@ -84,7 +84,8 @@ class ResizeKeepRatio(v2.Transform):
 
 def eval_resize(cfg: DataConfig) -> v2.Transform:
     """timm's evaluation resize (`create_transform`, crop mode "center"): the shorter side to
-    floor(size / crop_pct), the aspect kept (torchvision's Resize with one number), for a square size."""
+    floor(size / crop_pct), the aspect kept: torchvision's Resize with one number for a square size, else
+    ResizeKeepRatio."""
     (h, w), interpolation = resize_size(cfg), v2.InterpolationMode(cfg.interpolation)
     if h == w:
         return v2.Resize(h, interpolation=interpolation, antialias=True)
