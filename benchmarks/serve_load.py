@@ -49,8 +49,7 @@ import http_load
 import vitkit
 from vitkit.checkpoints.metadata import CLASSES_KEY
 from vitkit.data import load_data
-from vitkit.data.images import open_image
-from vitkit.evaluate.predict import image_transform, probabilities
+from vitkit.evaluate.predict import image_transform, probabilities, read_image
 from vitkit.inference import load_for_inference
 from vitkit.precision import autocast
 
@@ -104,7 +103,7 @@ def ceiling(checkpoint: Path, images: list[bytes], max_batch: int, duration: flo
     def batch(start: int) -> None:
         chunk = [images[(start + i) % len(images)] for i in range(max_batch)]
         with autocast(loaded.device, precision):
-            probs = probabilities(model, torch.stack([transform(open_image(io.BytesIO(b), name="x")) for b in chunk]))
+            probs = probabilities(model, torch.stack([transform(read_image(io.BytesIO(b), name="x")) for b in chunk]))
         probs.cpu()
 
     rates, default = {}, torch.get_num_threads()

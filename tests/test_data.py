@@ -271,9 +271,11 @@ def test_batched_evaluation_equals_the_per_image_transform(fashion):
 
     from vitkit.evaluate import eval_loader
 
+    from vitkit.data.batched import in_memory
+
     cfg = dataclasses.replace(vitkit.get_config("vit_fashion_patch4_28"), img_size=(24, 24), crop_pct=0.875)
     subset = Subset(fashion.test, range(100, 140))
     images, labels = next(iter(eval_loader(subset, cfg, 1, batch_size=40)))
-    transform = eval_transform(cfg, 1)
-    assert torch.equal(images, torch.stack([transform(fashion.test[i][0]) for i in range(100, 140)]))
+    transform, held = eval_transform(cfg, 1), in_memory(fashion.test)  # the uint8 images the batch is made of
+    assert torch.equal(images, torch.stack([transform(held[i][0]) for i in range(100, 140)]))
     assert labels.tolist() == [fashion.test[i][1] for i in range(100, 140)]

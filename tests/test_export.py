@@ -1,10 +1,13 @@
 """ONNX export: onnxruntime reproduces PyTorch on real photographs (scikit-image's) within 1e-4, for any
-batch size; a failing check leaves no file; the `vitkit export` command writes a checked file."""
+batch size; a failing check leaves no file; the `vitkit export` command writes a checked file; the file
+describes itself, and docs/export.md's client, which reads only the file, gives `vitkit predict`'s answer."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -66,3 +69,76 @@ def test_cli_exports_a_vitkit_checkpoint(tmp_path, model, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["max_abs_diff"] < 1e-4 and "onnxruntime vs PyTorch" in err
     assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+# ---- a self-describing file: metadata_props and docs/export.md's client ------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
+
+
+@pytest.fixture
+def model10() -> vitkit.VisionTransformer:
+    """A 10-class model whose classes get distinct probabilities."""
+    model = vitkit.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=10).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    return model
+
+
+def _client_snippet() -> str:
+    """The Python block of docs/export.md that reads the file's metadata (the client, as documented)."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    (snippet,) = [b for b in blocks if "custom_metadata_map" in b]
+    return snippet
+
+
+def test_the_export_names_its_outputs_and_describes_its_classes_and_preprocessing(tmp_path, model10):
+    export.export_onnx(model10, tmp_path / "m.onnx", classes=["cat", "dog", "fish", "bird", "frog"] * 2)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    assert meta["classes"][:3] == ["cat", "dog", "fish"] and meta["input_size"] == [3, 32, 32]
+    assert (meta["resize"], meta["resize_mode"], meta["crop"]) == ([35, 35], "shorter_side", [32, 32])  # 32 / 0.9
+    assert (meta["channels"], meta["mean"], meta["std"], meta["interpolation"]) == (3, [0.5] * 3, [0.5] * 3, "bicubic")
+    logits, probs = session.run(None, {export.INPUT_NAME: torch.randn(2, 3, 32, 32).numpy()})
+    np.testing.assert_allclose(probs, torch.from_numpy(logits).softmax(-1).numpy(), atol=1e-6)
+
+
+def _astronaut(path: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()[40:340, :, :]).save(path)  # 512 x 300: not square
+
+
+@pytest.mark.parametrize("kind", ["rgb-photo", "fashion-png"])
+def test_the_documented_client_gives_vitkit_predicts_probabilities(
+    tmp_path, model10, monkeypatch, capsys, kind, request
+):
+    """Runs docs/export.md's client as written, on the exported file alone; reference: predict_files."""
+    from vitkit.checkpoints.metadata import checkpoint_classes
+    from vitkit.evaluate.predict import predict_files
+
+    image, model = tmp_path / "image.png", model10
+    if kind == "rgb-photo":
+        classes = [f"class {i}" for i in range(10)]
+        _astronaut(image)
+    else:
+        checkpoint = request.getfixturevalue("fashion_checkpoint")
+        model, classes = vitkit.load(checkpoint).eval(), checkpoint_classes(checkpoint)
+        image.write_bytes(request.getfixturevalue("fashion_pngs")[0])
+    export.export_onnx(model, tmp_path / "m.onnx", classes=classes)
+    monkeypatch.setattr("sys.argv", ["client.py", str(tmp_path / "m.onnx"), str(image)])
+    namespace: dict = {}
+    exec(_client_snippet(), namespace)
+    (prediction,) = predict_files(model, [str(image)], classes, topk=len(classes))
+    expected = dict(prediction.top)
+    np.testing.assert_allclose(namespace["probabilities"], [expected[c] for c in classes], atol=2e-6, rtol=0)
+    assert capsys.readouterr().out.split("\n")[0].split()[-1] == f"{prediction.top[0][1]:.4f}"
+
+
+def test_the_int8_export_keeps_the_outputs_and_metadata(tmp_path, model10):
+    check = torch.randn(8, 3, 32, 32)
+    export.export_onnx_int8(model10, tmp_path / "q.onnx", [check], check, min_cosine=0.5, classes=list("abcdefghij"))
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["classes"]) == list("abcdefghij")

@@ -162,8 +162,7 @@ def test_the_open_inference_protocol_through_tritonclient_gives_v1_predicts_prob
     from tritonclient.utils import InferenceServerException
 
     import vitkit
-    from vitkit.data.images import open_image
-    from vitkit.evaluate.predict import image_transform
+    from vitkit.evaluate.predict import image_transform, read_image
 
     _, url, _ = two_workers
     name, pngs = "vit_fashion_patch4_28", fashion_pngs[:4]
@@ -186,7 +185,7 @@ def test_the_open_inference_protocol_through_tritonclient_gives_v1_predicts_prob
     batch = infer(np.array(pngs, dtype=np.object_), "images", "BYTES", binary=True)
     assert batch == pytest.approx(expected, abs=1e-6)
     transform = image_transform(vitkit.load(fashion_checkpoint).config)
-    pixels = np.stack([transform(open_image(io.BytesIO(png), name="png")).numpy() for png in pngs])
+    pixels = np.stack([transform(read_image(io.BytesIO(png), name="png")).numpy() for png in pngs])
     assert infer(pixels, "pixels", "FP32", binary=False) == pytest.approx(expected, abs=1e-6)
     with pytest.raises(InferenceServerException, match="unknown model 'resnet'"):
         client.get_model_metadata("resnet")

@@ -4,6 +4,11 @@
 `onnxscript` package, which vitkit does not depend on. The batch axis is dynamic; the image size is
 fixed at export time (the position embeddings are resampled, if at all, before tracing).
 
+The file describes itself, so that a client needs nothing else (docs/export.md): input "images" (B, C, H, W),
+outputs "logits" and "probabilities" (B, classes), and in metadata_props (each value JSON text) the class
+names, the input size and layout, and the preprocessing of `vitkit predict` (DataConfig.describe: the resize
+rule, crop, interpolation, mean and std per channel).
+
 int8: the fp32 export, then ONNX Runtime's static quantisation in QDQ format, calibrated on a few hundred
 training images; the file runs in ONNX Runtime and in OpenVINO. Its weights are 7-bit by default
 (ONNX Runtime's `reduce_range`): on a CPU without VNNI the int8 dot products run through 16-bit
@@ -15,6 +20,7 @@ recommend 7-bit weights there; with them the file is equally close to fp32 on ev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,11 +34,14 @@ import torch
 from torch import nn
 
 from .checkpoints.io import atomic_write
+from .checkpoints.metadata import checkpoint_classes, class_names
 from .data.photos import sample_images
 from .models.config import to_2tuple
 from .quantize import calibration_batches, logit_fidelity
+from .version import __version__
 
-INPUT_NAME, OUTPUT_NAME = "images", "output"
+INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME = "images", "logits", "probabilities"
+FEATURES_NAME = "features"  # the one output of a model without a head (num_classes=0)
 MIN_COSINE = 0.99  # the int8 ONNX file is written only if every check image's logits are this close to fp32
 
 
@@ -44,7 +53,55 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ValueError("ONNX export writes its metadata with onnx: pip install 'vitkit[onnx]'") from None
+    return onnx
+
+
+class _Outputs(nn.Module):
+    """The exported graph: images (B, C, H, W) -> (logits (B, K), probabilities (B, K)), or the features
+    (B, D) of a model without a head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return (out, out.softmax(dim=-1)) if self.model.config.num_classes else out
+
+
+def output_names(cfg: Any) -> list[str]:
+    """The names of an exported file's outputs, in order (the first is always the model's own output)."""
+    return [LOGITS_NAME, PROBABILITIES_NAME] if cfg.num_classes else [FEATURES_NAME]
+
+
+def onnx_metadata(cfg: Any, classes: list[str] | None = None) -> dict[str, str]:
+    """The metadata_props of an exported file, each value JSON text: `model`, `classes` (`vitkit predict`'s
+    names: those given, else class_0, ...), `input_size` [C, H, W], `layout`, `outputs`, and the evaluation
+    preprocessing (DataConfig.describe: resize, resize_mode, crop, crop_pct, interpolation, channels, mean, std)."""
+    props = {
+        "model": cfg.name, "classes": class_names(cfg.num_classes, classes) if cfg.num_classes else [],
+        "input_size": [cfg.in_chans, *cfg.img_size], "layout": "NCHW", "outputs": output_names(cfg),
+        **cfg.data_config.describe(), "vitkit_version": __version__,
+    }  # fmt: skip
+    return {key: json.dumps(value) for key, value in props.items()}
+
+
+def write_metadata(path: str | os.PathLike, props: dict[str, str]) -> None:
+    """Set the ONNX file's metadata_props to `props` (in place)."""
+    onnx = _onnx()
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+
+
 def _torch_export(model: nn.Module, example: torch.Tensor, path: str, opset: int) -> None:
+    outputs = output_names(model.config)
     with warnings.catch_warnings():
         # The exporter warns that it is the legacy one, and that the input-size checks become constants
         # in the trace: both expected, since the image size is fixed at export.
@@ -52,9 +109,9 @@ def _torch_export(model: nn.Module, example: torch.Tensor, path: str, opset: int
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
         torch.onnx.export(
-            model, (example,), path, dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            _Outputs(model), (example,), path, dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         )  # fmt: skip
 
 
@@ -65,8 +122,10 @@ def export_onnx(
     opset: int = 17,
     check_images: torch.Tensor | None = None,
     atol: float = 1e-4,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Export `model` (fp32) to ONNX at `path`, input "images" (B, C, H, W) -> "output" (B, classes).
+    """Export `model` (fp32) to ONNX at `path`, input "images" (B, C, H, W) -> "logits" and "probabilities"
+    (B, classes), described in its metadata_props (`onnx_metadata`, with class names `classes`).
 
     Before the file is renamed into place, onnxruntime runs it on `check_images` (B, C, H, W),
     normalised; by default the three scikit-image photographs of `sample_images`, and the largest
@@ -83,9 +142,11 @@ def export_onnx(
     was_training = model.training
     model.eval()
     report: dict[str, Any] = {}
+    props = onnx_metadata(dataclasses.replace(cfg, img_size=size), classes)
 
     def write_and_check(tmp: str) -> None:
         _torch_export(model, torch.randn(2, cfg.in_chans, *size, device=device), tmp, opset)
+        write_metadata(tmp, props)
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
         with torch.inference_mode():
@@ -156,6 +217,7 @@ def export_onnx_int8(
     opset: int = 17,
     min_cosine: float = MIN_COSINE,
     full_range: bool = False,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export `model` to an int8 (QDQ) ONNX file at `path`, calibrated on `calibration` [(B, C, H, W)], with
     7-bit weights (portable to CPUs without VNNI) unless `full_range` (8-bit: for VNNI/AMX CPUs only).
@@ -164,15 +226,16 @@ def export_onnx_int8(
     `check_images` (B, C, H, W), images the calibration did not see, and every image's logits must have a
     cosine of at least `min_cosine` with PyTorch's fp32 logits before the file is put in place. Returns a
     report: path, opset, img_size, num_images, weight_bits, logit_cosine_vs_fp32, top1_agreement_vs_fp32,
-    size_mb, fp32_size_mb.
+    size_mb, fp32_size_mb. The file carries the fp32 export's outputs and metadata_props.
     """
     ort = _onnxruntime()
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", img_size=img_size, opset=opset)
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", img_size=img_size, opset=opset, classes=classes)
 
         def write_and_check(out: str) -> None:
             quantize_onnx(fp32["path"], out, calibration, full_range)
+            write_metadata(out, {p.key: p.value for p in _onnx().load(fp32["path"]).metadata_props})
             session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
             got = torch.from_numpy(session.run(None, {INPUT_NAME: check_images.float().numpy()})[0])
             with torch.inference_mode():
@@ -196,11 +259,13 @@ def _run(args: argparse.Namespace) -> int:
     from .checkpoints.load import load
 
     model = load(args.checkpoint, **({"img_size": args.img_size} if args.img_size else {}))
+    classes = checkpoint_classes(args.checkpoint)
     if args.int8_full_range and not args.int8:
         raise ValueError("--int8-full-range is an option of --int8")
     if args.int8:
         images = int8_onnx_images(args.calibrate, model.config)
-        report = export_onnx_int8(model, args.out, *images, opset=args.opset, full_range=args.int8_full_range)
+        report = export_onnx_int8(model, args.out, *images, opset=args.opset, full_range=args.int8_full_range,
+                                  classes=classes)
         weights = ("8-bit weights: for CPUs with VNNI or AMX only, less accurate elsewhere" if args.int8_full_range
                    else "7-bit weights: as accurate on CPUs without VNNI")  # fmt: skip
         print(
@@ -210,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        report = export_onnx(model, args.out, opset=args.opset)
+        report = export_onnx(model, args.out, opset=args.opset, classes=classes)
         print(
             f"wrote {report['path']} ({report['size_mb']:.1f} MB, opset {report['opset']}); onnxruntime vs PyTorch on "
             f"{report['num_images']} photographs: max |diff| {report['max_abs_diff']:.2e}, "

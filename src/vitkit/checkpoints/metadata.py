@@ -32,6 +32,14 @@ def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
     return json.loads(names) if names else None
 
 
+def class_names(num_classes: int, classes: list[str] | None = None) -> list[str]:
+    """The names of a model's classes: those given (checked against its head), else class_0, class_1, ..."""
+    names = classes or [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
+    return names
+
+
 def checkpoint_dataset(path: str | os.PathLike) -> str | None:
     """The name of the data a training run was trained on, if its checkpoint records it."""
     return checkpoint_metadata(path).get(DATASET_KEY)

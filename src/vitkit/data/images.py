@@ -3,6 +3,11 @@
 Every decodable file becomes the RGB image a viewer would show: EXIF orientation applied, 16-bit
 samples scaled to 8 bits (not clipped), palettes expanded, transparency composited onto white, CMYK
 and grayscale converted. Anything else raises ImageDecodeError naming the file.
+
+With `keep_gray`, a grayscale file (8 or 16 bits, float, bilevel, with or without transparency) becomes
+an 8-bit grayscale image (mode L) instead, its grey levels those of the RGB one: `vitkit predict` and the
+server read files so, and a 1-channel model then sees the file's own pixels (torchvision's Grayscale,
+which an RGB copy would go through, darkens about a third of them by one level).
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ def check_size(path: str | os.PathLike, image: Image.Image, max_pixels: int = MA
         raise ImageDecodeError(path, f"{w}x{h} pixels is over the {max_pixels:,} allowed (decompression-bomb guard)")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """An RGB image as it is meant to be seen (see the module's docstring)."""
+def to_rgb(image: Image.Image, keep_gray: bool = False) -> Image.Image:
+    """An RGB image as it is meant to be seen (see the module's docstring); with `keep_gray`, a grayscale
+    one stays grayscale (mode L)."""
     image = ImageOps.exif_transpose(image)
+    gray = keep_gray and image.mode in ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grayscale (PIL reads some as 32-bit "I")
         samples = np.asarray(image, dtype=np.float64).clip(0, 65535)
         image = Image.fromarray(np.rint(samples / 257).astype(np.uint8), mode="L")
@@ -53,8 +60,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
+        image = background
+    return image.convert("L" if gray else "RGB")  # an RGB copy of a grey image converts back to L exactly
 
 
 @contextlib.contextmanager
@@ -77,12 +84,15 @@ def _guarded_open(source: Source, max_pixels: int, name: str | None = None) -> I
         raise ImageDecodeError(path, f"not a decodable image ({reason or type(e).__name__})") from None
 
 
-def open_image(source: Source, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
-    """Decode a file fully into an RGB PIL image; ImageDecodeError (one line, naming the file) otherwise.
-    `source`: a path, or an open binary file such as io.BytesIO(uploaded bytes), called `name` in errors."""
+def open_image(
+    source: Source, max_pixels: int = MAX_PIXELS, name: str | None = None, keep_gray: bool = False
+) -> Image.Image:
+    """Decode a file fully into an RGB PIL image (with `keep_gray`, a grayscale file into an L one);
+    ImageDecodeError (one line, naming the file) otherwise. `source`: a path, or an open binary file such
+    as io.BytesIO(uploaded bytes), called `name` in errors."""
     with _guarded_open(source, max_pixels, name) as image:
         image.load()  # a truncated file fails here, not lazily later
-        return to_rgb(image)
+        return to_rgb(image, keep_gray)
 
 
 def looks_intact(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> str | None:

@@ -7,19 +7,13 @@ Per-image transforms map a PIL image or a uint8 (C, H, W) image to a float (C', 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
-from .preprocessing import DataConfig
-
-
-def per_channel(values: Sequence[float], channels: int) -> list[float]:
-    """Mean/std given for another number of channels (a 3-channel config on 1-channel inputs): the average."""
-    if len(values) == channels:
-        return list(values)
-    return [sum(values) / len(values)] * channels
+from .preprocessing import DataConfig, per_channel, resize_size
 
 
 def match_channels(data_channels: int, model_channels: int) -> list[v2.Transform]:
@@ -71,16 +65,38 @@ def train_transform(
     return v2.Compose(ops)
 
 
+class ResizeKeepRatio(v2.Transform):
+    """timm's ResizeKeepRatio, its evaluation resize for a non-square target: the image, its aspect kept,
+    scaled to the smallest size that covers `size` (H, W), each side rounded."""
+
+    def __init__(self, size: tuple[int, int], interpolation: v2.InterpolationMode) -> None:
+        super().__init__()
+        self.size, self.interpolation = size, interpolation
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ratio = min(h / self.size[0], w / self.size[1])
+        return {"size": [round(h / ratio), round(w / ratio)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.resize(inpt, params["size"], interpolation=self.interpolation, antialias=True)
+
+
+def eval_resize(cfg: DataConfig) -> v2.Transform:
+    """timm's evaluation resize (`create_transform`, crop mode "center"): the shorter side to
+    floor(size / crop_pct), the aspect kept: torchvision's Resize with one number for a square size, else
+    ResizeKeepRatio."""
+    (h, w), interpolation = resize_size(cfg), v2.InterpolationMode(cfg.interpolation)
+    if h == w:
+        return v2.Resize(h, interpolation=interpolation, antialias=True)
+    return ResizeKeepRatio((h, w), interpolation)
+
+
 def eval_transform(cfg: DataConfig, data_channels: int) -> v2.Compose:
-    """Resize to img_size / crop_pct, centre crop to img_size, normalise."""
-    H, W = cfg.img_size
-    resize = (round(H / cfg.crop_pct), round(W / cfg.crop_pct))
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize, interpolation=v2.InterpolationMode(cfg.interpolation), antialias=True),
-        v2.CenterCrop(cfg.img_size),
-        *_finish(cfg, data_channels),
-    ])  # fmt: skip
+    """timm's evaluation transform: the shorter side resized to floor(img_size / crop_pct), a centre crop
+    to img_size, normalisation. A PIL image is resized by PIL, as timm does (a uint8 tensor by torchvision,
+    which can differ by a grey level); an image that is already img_size with crop_pct 1 is not resampled."""
+    return v2.Compose([eval_resize(cfg), v2.CenterCrop(cfg.img_size), v2.ToImage(), *_finish(cfg, data_channels)])
 
 
 def batch_mix(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | None:

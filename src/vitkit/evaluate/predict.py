@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
+from ..checkpoints.metadata import class_names
 from ..data import eval_transform
-from ..data.images import ImageDecodeError, open_image
+from ..data.images import ImageDecodeError, Source, open_image
 
 
 @dataclass
@@ -27,18 +28,27 @@ class Prediction:
         return {"image": self.image, "top": [{"class": c, "prob": p} for c, p in self.top]}
 
 
-def class_names(num_classes: int, classes: list[str] | None = None) -> list[str]:
-    """The names of a model's classes: those given (checked against its head), else class_0, class_1, ..."""
-    names = classes or [f"class_{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
-    return names
+def read_image(source: Source, name: str | None = None) -> Image.Image:
+    """An image file as `vitkit predict` and the server read it: RGB, or L for a grayscale file (so that a
+    1-channel model sees the file's own grey levels); ImageDecodeError (naming it) if it cannot be read."""
+    return open_image(source, name=name, keep_gray=True)
 
 
-def image_transform(cfg: Any) -> v2.Compose:
-    """What every decoded (RGB) image goes through before the model: the checkpoint's eval transform.
-    PIL image -> (C, H, W) float, resized, centre-cropped and normalised as the config says."""
-    return eval_transform(cfg.data_config, data_channels=3)
+class ImageTransform:
+    """What every image read by `read_image` goes through before the model: the checkpoint's eval transform
+    for its number of channels. PIL image (L or RGB) -> (C, H, W) float, resized, centre-cropped and
+    normalised as the config says."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.by_channels = {c: eval_transform(cfg.data_config, data_channels=c) for c in (1, 3)}
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.by_channels[len(image.getbands())](image)
+
+
+def image_transform(cfg: Any) -> ImageTransform:
+    """The transform of `read_image`'s images for the model of config `cfg` (see ImageTransform)."""
+    return ImageTransform(cfg)
 
 
 def probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +75,7 @@ def predict_files(
     for path in paths:
         try:
             results.append(Prediction(path))
-            batch.append((results[-1], transform(open_image(path))))
+            batch.append((results[-1], transform(read_image(path))))
         except ImageDecodeError as e:
             results[-1].error = e.reason
     k = min(topk, cfg.num_classes)

@@ -3,7 +3,7 @@
 This module assembles the app; the rooms are: routes_v1 (vitkit's API), oip (the Open Inference Protocol
 v2), served (decoding, batching, backpressure), readiness (warm-up, /livez, /readyz), uploads, explain,
 batcher and middleware (the size limit, the metrics). Every image, uploaded or read by `vitkit predict`,
-goes through the same decoding (`open_image`) and the checkpoint's eval transform (`image_transform`);
+goes through the same decoding (`read_image`) and the checkpoint's eval transform (`image_transform`);
 concurrent requests share forward passes through the dynamic batcher. Errors are JSON
 `{"error": "<one line>"}` with a 4xx/5xx status. Nothing a request says is used as a path: the page's
 files are read into memory when the app is made.
@@ -186,9 +186,7 @@ def _model_info(
     return {
         "name": cfg.name, "family": getattr(cfg, "family", "vit"), "classes": names,
         "input_size": [cfg.in_chans, H, W], "explain": explain, "sha256": checksum,
-        "preprocessing": {"resize": [round(H / cfg.crop_pct), round(W / cfg.crop_pct)], "crop": [H, W],
-                          "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
-                          "mean": list(cfg.mean), "std": list(cfg.std), "channels": cfg.in_chans},
+        "preprocessing": cfg.data_config.describe(),
         "precision": precision, "runtime": runtime, **limits,
     }  # fmt: skip
 

@@ -19,7 +19,8 @@ import torch
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from ..data.images import ImageDecodeError, open_image
+from ..data.images import ImageDecodeError
+from ..evaluate.predict import read_image
 from .batcher import Batcher, QueueFull, QueueTimeout, Reservation, Row
 from .middleware import ADMITTED, Metrics
 from .readiness import Readiness
@@ -54,7 +55,7 @@ class Served:
 
     def _decode_one(self, data: bytes) -> torch.Tensor | str:
         try:
-            return self.transform(open_image(io.BytesIO(data), name="upload"))
+            return self.transform(read_image(io.BytesIO(data), name="upload"))
         except ImageDecodeError as e:
             return str(e)
 
