@@ -62,7 +62,8 @@ def tune(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "--sizes", ",".join(map(str, args.tune_sizes)), "--images-seen", str(args.tune_images),
                "--batch-size", str(args.batch_size), "--base", "small-data-{family}-gpu", "--precision", args.precision,
                "--evaluations", str(args.tune_evaluations), "--patience", str(args.patience), "--out", str(out / "tune"),
-               "--result", str(out / "tune_recipes.json"), "--recipes-out", str(out / "recipes.json")]  # fmt: skip
+               "--result", str(out / "tune_recipes.json"), "--recipes-out", str(out / "recipes.json"),
+               "--ledger-dir", str(args.ledger_dir)]  # fmt: skip
     return _timed(command + (["--device", args.device] if args.device else []), args.tune_seconds)
 
 
@@ -71,7 +72,7 @@ def study(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "--sizes", ",".join(map(str, args.sizes)), "--models", args.models,
                "--epochs-of-largest", str(args.epochs_of_largest), "--seeds", ",".join(map(str, args.seeds)),
                "--holdout", "0.1", "--evaluations", str(args.evaluations), "--patience", str(args.patience),
-               "--precision", args.precision, "--out", str(out / "study"), "--no-progress"]  # fmt: skip
+               "--precision", args.precision, "--out", str(out / "study"), "--no-progress", "--ledger", str(args.ledger)]  # fmt: skip
     recipes = out / "recipes.json"
     if not recipes.is_file():  # no tuning step: the untuned GPU recipes
         families = {f: {"recipe": f"small-data-{f}-gpu"} for f in resolve_models(args.data, args.models.split(",")).values()}
@@ -184,6 +185,9 @@ def main() -> None:
     parser.add_argument("--study-seconds", type=int, default=270)
     parser.add_argument("--skip-tune", action="store_true", help="use DIR/recipes.json as it is (copy one in)")
     parser.add_argument("--result", default=str(RESULT))
+    parser.add_argument("--ledger", default=str(RESULT.with_suffix(".jsonl")),
+                        help="the study's ledger (vitkit study --ledger): commit it, and a later GPU continues")
+    parser.add_argument("--ledger-dir", default=str(RESULT.parent / "tune_gpu"), help="the grid's ledgers")
     parser.add_argument("--figures", default=str(ROOT / "docs" / "study"))
     parser.add_argument("--figure-prefix", default="gpu_", help="docs/study/PREFIXaccuracy_vs_{size,flops}.png")
     parser.add_argument("--fill-docs", action="store_true", help="write the tables into docs/study.md and README.md")
