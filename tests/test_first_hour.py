@@ -85,7 +85,7 @@ def test_every_option_has_help_and_shows_its_default(command):
         if not action.option_strings or action.option_strings == ["-h", "--help"]:
             continue
         assert action.help, f"vitkit {command} {action.option_strings[0]} has no help"
-        if action.default not in (None, False, argparse.SUPPRESS):
+        if not (action.default is None or action.default is False or action.default == argparse.SUPPRESS):
             assert "default" in formatter._get_help_string(action), f"{command} {action.option_strings[0]}"
 
 
@@ -176,10 +176,9 @@ def test_a_bad_image_in_a_multipart_batch_is_named_by_its_part_and_index():
     (["serve", "--checkpoint", "m.safetensors", "--port", "99999"], "argument --port: expected a port number in 1-65535"),
 ])  # fmt: skip
 def test_an_option_out_of_range_is_one_line_and_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert message in err and err.count("\n") == 1, err
 
 
 def test_a_run_directory_as_checkpoint_says_which_file_was_meant(first_run, capsys):

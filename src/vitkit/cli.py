@@ -66,11 +66,11 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _add_fields(
     p: argparse._ActionsContainer, cls: type, flags: dict[str, str], skip: tuple[str, ...] = (),
-    show_defaults: bool = True,
+    show_defaults: bool = False,
 ) -> list[str]:  # fmt: skip
     """An option for each field of dataclass `cls` (--field-name, typed from its annotation, help from its
-    metadata, and the field's default shown unless `show_defaults` is False), absent from the namespace
-    unless given; returns the field names."""
+    metadata, with the field's default if `show_defaults`: not for a recipe's fields, whose defaults are the
+    recipe's), absent from the namespace unless given; returns the field names."""
     hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
@@ -136,10 +136,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a model on a dataset, from scratch or from --init-from weights. With only\n"
                                    "--data, the dataset's default model and recipe are used.")  # fmt: skip
     run = p.add_argument_group("run")
-    run_fields = _add_fields(run, TrainConfig, {"recipe_name": "--recipe"}, skip=("recipe",))
+    run_fields = _add_fields(run, TrainConfig, {"recipe_name": "--recipe"}, skip=("recipe",), show_defaults=True)
     recipe = p.add_argument_group("recipe fields", "Each recipe (--recipe) sets these; an option given here "
                                                    "overrides the recipe's value.")  # fmt: skip
-    recipe_fields = _add_fields(recipe, Recipe, {}, show_defaults=False)
+    recipe_fields = _add_fields(recipe, Recipe, {})
     p.set_defaults(func=_train, run_fields=run_fields, recipe_fields=recipe_fields)
 
 
@@ -340,7 +340,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
             return text
         return super()._get_help_string(action)
 
@@ -379,7 +380,11 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: An
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The `vitkit` command with `argv` (default: sys.argv); returns its exit code (2: bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # a user reads one line, not the library's file and line
