@@ -145,7 +145,7 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 LAYERS = [
     {"__main__"},
     {"cli", "commands"},
-    {"study", "study_analysis", "study_plots", "serve", "bench"},
+    {"study", "study_analysis", "study_plots", "study_plan", "study_ledger", "study_report", "serve", "bench"},
     {"train", "evaluate", "analysis", "export", "quantize", "inference", "flops", "peers", "measure"},
     {"vitkit", "checkpoints"},
     {"models"},
@@ -154,7 +154,10 @@ LAYERS = [
 ]
 ARROWS = {("train", "evaluate"), ("analysis", "evaluate"), ("quantize", "evaluate"), ("export", "quantize"),
           ("peers", "flops"), ("vitkit", "checkpoints"), ("study", "study_analysis"), ("study", "study_plots"),
-          ("study_plots", "study_analysis"), ("precision", "hardware"), ("inference", "quantize"),
+          ("study_plots", "study_analysis"), ("study", "study_plan"), ("study", "study_ledger"),
+          ("study", "study_report"), ("study_ledger", "study_plan"), ("study_report", "study_analysis"),
+          ("study_report", "study_ledger"), ("study_report", "study_plan"), ("study_report", "study_plots"),
+          ("precision", "hardware"), ("inference", "quantize"),
           ("analysis", "inference"), ("cli", "commands"), ("precision", "precision_kinds")}  # fmt: skip
 
 
