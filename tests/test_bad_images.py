@@ -126,8 +126,8 @@ def test_predict_answers_for_the_good_files_and_one_line_per_bad_one(tmp_path, c
     code = main(["predict", "--checkpoint", str(tmp_path / "model.safetensors"), *files, "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert code == 1  # some failed
-    predictions = {Path(p["image"]).name: p for p in json.loads(out)["predictions"]}
-    assert all(len(predictions[name]["top"]) == 3 for name in GOOD)
+    predictions = {Path(p["image"]).name: p for p in json.loads(out)["results"]}
+    assert all(len(predictions[name]["topk"]) == 3 for name in GOOD)
     assert all("error" in predictions[name] for name in BAD)
     lines = err.strip().splitlines()
     assert len(lines) == len(BAD) and all(line.startswith("vitkit predict: error: ") for line in lines)

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vitkit
 from vitkit import bench
+from vitkit.commands import add_bench_parser
 from vitkit.flops import forward_flops, step_flops
 from vitkit.peers import timm_twin
 
@@ -120,7 +121,7 @@ def test_a_refusal_in_a_rows_own_process_reaches_the_caller_as_the_same_one_line
 
 def test_cli_json_is_one_object_on_stdout_and_the_table_goes_to_stderr(capsys):
     parser = argparse.ArgumentParser()
-    bench.add_parser(parser.add_subparsers(dest="command"))
+    add_bench_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["bench", "--model", TINY, "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--threads", "1",
          "--compare", "timm", "--in-process", "--json"]

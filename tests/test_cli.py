@@ -58,9 +58,9 @@ def test_predict_names_classes_and_reports_a_bad_image_on_one_line(trained, data
                  str(tmp_path / "broken.png"), "--topk", "3", "--json"])  # fmt: skip
     assert code == 1
     out, err = capsys.readouterr()
-    good, bad = json.loads(out)["predictions"]
-    assert len(good["top"]) == 3 and good["top"][0]["class"] in load_data("fashion_mnist", data_root).classes
-    assert good["top"][0]["prob"] >= good["top"][1]["prob"]
+    good, bad = json.loads(out)["results"]
+    assert len(good["topk"]) == 3 and good["topk"][0]["label"] in load_data("fashion_mnist", data_root).classes
+    assert good["topk"][0]["prob"] >= good["topk"][1]["prob"]
     assert bad["image"].endswith("broken.png") and "error" in bad
     assert err.count("\n") == 1 and "broken.png" in err and err.startswith("vitkit predict: error:")
 

@@ -144,18 +144,21 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 # the public API, which re-exports from checkpoints, models and data).
 LAYERS = [
     {"__main__"},
-    {"cli"},
-    {"study", "study_analysis", "study_plots", "serve", "bench"},
+    {"cli", "commands"},
+    {"study", "study_analysis", "study_plots", "study_plan", "study_ledger", "study_report", "serve", "bench"},
     {"train", "evaluate", "analysis", "export", "quantize", "inference", "flops", "peers", "measure"},
     {"vitkit", "checkpoints"},
     {"models"},
     {"data"},
-    {"files", "precision", "hardware", "version"},
+    {"files", "precision", "precision_kinds", "hardware", "version", "options", "lazy"},
 ]
 ARROWS = {("train", "evaluate"), ("analysis", "evaluate"), ("quantize", "evaluate"), ("export", "quantize"),
           ("peers", "flops"), ("vitkit", "checkpoints"), ("study", "study_analysis"), ("study", "study_plots"),
-          ("study_plots", "study_analysis"), ("precision", "hardware"), ("inference", "quantize"),
-          ("analysis", "inference")}  # fmt: skip
+          ("study_plots", "study_analysis"), ("study", "study_plan"), ("study", "study_ledger"),
+          ("study", "study_report"), ("study_ledger", "study_plan"), ("study_report", "study_analysis"),
+          ("study_report", "study_ledger"), ("study_report", "study_plan"), ("study_report", "study_plots"),
+          ("precision", "hardware"), ("inference", "quantize"),
+          ("analysis", "inference"), ("cli", "commands"), ("precision", "precision_kinds")}  # fmt: skip
 
 
 def room(module: str) -> str:

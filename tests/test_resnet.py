@@ -245,7 +245,7 @@ def test_train_eval_predict_and_fewshot_take_a_resnet(trained, capsys, tmp_path)
     assert json.loads(capsys.readouterr().out)["n"] == 20
     load_data("fashion_mnist", str(tmp_path)).test[0][0].save(tmp_path / "x.png")
     assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "x.png"), "--topk", "2", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["predictions"][0]["top"]) == 2
+    assert len(json.loads(capsys.readouterr().out)["results"][0]["topk"]) == 2
     model = vitkit.load(checkpoint)
     loader = eval_loader(Subset(load_data("fashion_mnist", str(tmp_path)).test, range(20)), model.config.data_config, 1)
     features, labels = extract_features(model, loader)  # what `vitkit fewshot` reads: the pooled pre-logits

@@ -390,7 +390,8 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """The `vitkit` subcommand (its parser: vitkit.commands)."""
     result = benchmark(
         args.model, batch_size=args.batch_size, img_size=args.img_size, precision=args.precision,
         compile=args.compile, mode=args.mode, compare=args.compare, runtime=args.runtime, device=args.device,
@@ -402,27 +403,3 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The `vitkit bench` subcommand."""
-    p = sub.add_parser("bench", help="throughput, latency, memory and FLOP utilisation, optionally against timm")
-    p.add_argument("--model", required=True, help="registered model name or paper alias (ViTs and ResNets)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
-                   help="auto: bf16 where the hardware runs it natively, else fp32; int8: CPU inference, compiled, "
-                        "against timm's bf16 eager")  # fmt: skip
-    p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: photographs)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (both rows)")
-    p.add_argument("--cuda-graphs", action="store_true", help="capture the step as one CUDA graph (both rows)")
-    p.add_argument("--mode", choices=["infer", "train"], default="infer")
-    p.add_argument("--compare", choices=["timm"], help="also measure timm's same architecture and weights")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=10, help="timed steps (median and spread reported)")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
-    p.add_argument("--in-process", action="store_true", help="measure rows in this process (peak memory then shared)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-    p.set_defaults(func=_run)

@@ -1,5 +1,7 @@
-"""The `vitkit` command. Thin: it parses arguments, then calls the functions a Python user calls.
+"""The `vitkit` command: parsers for every subcommand, each of which calls the functions a Python user calls.
 
+The parsers are built without importing torch (about 3 s on two cores): `vitkit --help`, a subcommand's
+--help and a usage error return at once, and a command imports what it needs when it runs.
 Machine-readable output (--json) goes to stdout; everything else to stderr.
 """
 
@@ -11,11 +13,27 @@ import json
 import sys
 import types
 import typing
-from pathlib import Path
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+from .options import nonnegative_int, positive_int
 
 if TYPE_CHECKING:
     from .inference import InferenceModel
+
+DESCRIPTION = """\
+vitkit trains, evaluates, explains and serves Vision Transformers (ViT, Dosovitskiy et al.,
+ICLR 2021) and the paper's ResNet and hybrid baselines, on a CPU or a GPU: from a folder of
+images (imagefolder:DIR, one sub-folder per class), a named dataset (fashion_mnist, ...) or
+published weights (timm, Hugging Face, Google)."""
+EPILOG = """\
+start here:
+  vitkit train --data imagefolder:photos --out runs/photos
+  vitkit predict --checkpoint runs/photos/model.safetensors photo.jpg
+  vitkit serve --checkpoint runs/photos/model.safetensors
+'vitkit COMMAND --help' lists a command's options."""
+CHECKPOINT_HELP = "a .safetensors file written by `vitkit train` or `vitkit convert` (or any format with a config)"
+PRECISION_HELP = "auto: bf16 where the hardware runs it natively, else fp32"
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -27,11 +45,14 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from .models.config import RESAMPLE_METHODS
+
     p = sub.add_parser("convert", help="any supported checkpoint -> vitkit safetensors (config embedded)")
     p.add_argument("src", help="a file (.npz, .pth, .bin, .safetensors) or a Hugging Face model directory")
     p.add_argument("dst", help="output .safetensors path")
     p.add_argument("--model", help="registered model name, needed when SRC carries no config (timm, torchvision, .npz)")
-    p.add_argument("--pos-method", choices=["bicubic", "bilinear", "official"], help="position-embedding resampling")
+    p.add_argument("--pos-method", choices=RESAMPLE_METHODS,
+                   help="position-embedding resampling (default: the convention of SRC's format)")  # fmt: skip
     p.set_defaults(func=_convert)
 
 
@@ -44,10 +65,12 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _add_fields(
-    p: argparse._ActionsContainer, cls: type, flags: dict[str, str], skip: tuple[str, ...] = ()
-) -> list[str]:
+    p: argparse._ActionsContainer, cls: type, flags: dict[str, str], skip: tuple[str, ...] = (),
+    show_defaults: bool = False,
+) -> list[str]:  # fmt: skip
     """An option for each field of dataclass `cls` (--field-name, typed from its annotation, help from its
-    metadata), absent from the namespace unless given; returns the field names."""
+    metadata, with the field's default if `show_defaults`: not for a recipe's fields, whose defaults are the
+    recipe's), absent from the namespace unless given; returns the field names."""
     hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
@@ -56,7 +79,11 @@ def _add_fields(
         hint, optional = hints[f.name], False
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
             hint, optional = next(a for a in typing.get_args(hint) if a is not type(None)), True
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": f.metadata.get("help", "")}
+        help_text = f.metadata.get("help", "")
+        if show_defaults and f.default not in (None, dataclasses.MISSING) and "default" not in help_text:
+            shown = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
+            help_text += f" (default: {' '.join(map(str, shown)) if isinstance(shown, tuple) else shown})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": help_text}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is Literal:
@@ -79,11 +106,18 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .data import load_data
     from .train import CheckpointWriteError, Interrupted, NonFiniteLoss, fit, make_config
+    from .train.config import fit_to_data
 
-    cfg = make_config(_given(args, args.recipe_fields), **_given(args, args.run_fields))
+    recipe_given = _given(args, args.recipe_fields)
+    cfg = make_config(recipe_given, **_given(args, args.run_fields))
+    data = load_data(cfg.data, cfg.data_root)
+    cfg, notes = fit_to_data(cfg, data, batch_size_given="batch_size" in recipe_given)
+    for note in notes:
+        print(note, file=sys.stderr)
     try:
-        result = fit(cfg)
+        result = fit(cfg, data)
     except Interrupted as e:
         print(f"vitkit train: {e}", file=sys.stderr)
         return 128 + e.signum  # the shell's convention for a process ended by a signal
@@ -95,12 +129,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .train import Recipe, TrainConfig
+    from .train.config import TrainConfig
+    from .train.recipes import Recipe
 
-    p = sub.add_parser("train", help="train or fine-tune a ViT; a run directory with checkpoints, metrics, plots")
+    p = sub.add_parser("train", help="train or fine-tune a model; a run directory with checkpoints, metrics, plots",
+                       description="Train a model on a dataset, from scratch or from --init-from weights. With only\n"
+                                   "--data, the dataset's default model and recipe are used.")  # fmt: skip
     run = p.add_argument_group("run")
-    run_fields = _add_fields(run, TrainConfig, {"recipe_name": "--recipe"}, skip=("recipe",))
-    recipe = p.add_argument_group("recipe fields (override the recipe's)")
+    run_fields = _add_fields(run, TrainConfig, {"recipe_name": "--recipe"}, skip=("recipe",), show_defaults=True)
+    recipe = p.add_argument_group("recipe fields", "Each recipe (--recipe) sets these; an option given here "
+                                                   "overrides the recipe's value.")  # fmt: skip
     recipe_fields = _add_fields(recipe, Recipe, {})
     p.set_defaults(func=_train, run_fields=run_fields, recipe_fields=recipe_fields)
 
@@ -117,6 +155,8 @@ def _load(args: argparse.Namespace, **calibration: Any) -> InferenceModel:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .data import load_data
     from .data.streaming import first
     from .evaluate import eval_loader, evaluate, plot_confusion
@@ -137,38 +177,39 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{data.name} {args.split}: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images (loss {ev.loss:.4f}, "
-          f"{choice.precision})")
+    print(f"{data.name} {args.split}: {ev.accuracy_text()} on {ev.n} images (loss {ev.loss:.4f}, {choice.precision})")
     for name, acc in report["per_class"].items():
         print(f"  {name:>24}: {acc:.2%}")
     print(f"confusion matrix: {png}")
     return 0
 
 
+def _add_inference_options(p: argparse.ArgumentParser, precisions: Sequence[str], calibrate: str) -> None:
+    p.add_argument("--precision", choices=precisions, default="auto", help=f"{PRECISION_HELP}; int8: on the CPU")
+    p.add_argument("--calibrate", metavar="DATASET", help=f"int8 calibration images: {calibrate}")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 and per-class accuracy of a checkpoint; a confusion-matrix PNG")
-    p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, help="dataset: fashion_mnist, imagefolder:PATH, wds:DIR_OR_URL, hf:NAME, ...")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split of --data to evaluate")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, n, per_class, ...)")
     p.add_argument("--out", help="where to write confusion-<split>.png (default: the checkpoint's folder)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "int8"], default="auto",
-                   help="auto: bf16 where the hardware runs it natively, else fp32; int8: on CPU")  # fmt: skip
-    p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images (default: --data's training split)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    p.add_argument("--limit", type=positive_int, help="only the first N images (default: all)")
+    _add_inference_options(p, ["auto", "fp32", "bf16", "fp16", "int8"], "this dataset's training split "
+                                                                      "(default: --data's)")  # fmt: skip
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data-loading processes (0: in this one)")
+    p.add_argument("--data-root", help="where datasets are unpacked/downloaded (default: $VITKIT_DATA, else "
+                                       "~/.cache/vitkit/data)")  # fmt: skip
     p.set_defaults(func=_eval)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .evaluate import predict_files
     from .checkpoints.metadata import checkpoint_classes
-
-    if args.topk < 1:
-        raise ValueError(f"--topk must be at least 1, got {args.topk}")
+    from .evaluate import predict_files
     from .precision import autocast
 
     loaded = _load(args)  # int8: no default calibration data, --calibrate is required
@@ -177,25 +218,24 @@ def _predict(args: argparse.Namespace) -> int:
     for p in predictions:
         if p.error is not None:
             print(f"vitkit predict: error: {p.image}: {p.error}", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"predictions": [p.to_dict() for p in predictions]}))
+    if args.json:  # the shape of a batch answered by POST /v1/predict, each result naming its image
+        print(json.dumps({"results": [p.to_dict() for p in predictions], "model": loaded.model.config.name}))
     else:
         for p in predictions:
             if p.error is None:
-                print(f"{p.image}: " + ", ".join(f"{name} {prob:.1%}" for name, prob in p.top))
+                print(f"{p.image}: " + ", ".join(f"{t['label']} {t['prob']:.1%}" for t in p.topk))
     return 1 if any(p.error is not None for p in predictions) else 0
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k classes of image files")
-    p.add_argument("--checkpoint", required=True, help="vitkit .safetensors written by `vitkit train`")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--json", action="store_true", help='print one JSON object: {"predictions": [...]}')
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
-                   help="auto: bf16 where the hardware runs it natively, else fp32; int8: on CPU, needs --calibrate")
-    p.add_argument("--calibrate", metavar="DATASET", help="int8 calibration images: this dataset's training split")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p = sub.add_parser("predict", help="the most probable classes of image files")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...; any size)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown per image, most probable first")
+    p.add_argument("--json", action="store_true", help='print one JSON object, as POST /v1/predict answers a batch: '
+                                                       '{"results": [{"image", "topk": [{"label", "index", "prob"}]}], '
+                                                       '"model"}')  # fmt: skip
+    _add_inference_options(p, ["auto", "fp32", "bf16", "int8"], "this dataset's training split (needed for int8)")
     p.set_defaults(func=_predict)
 
 
@@ -281,9 +321,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 def _add_others(sub: argparse._SubParsersAction) -> None:
     """fewshot, analyze, export, bench, serve and shard: their parsers live beside their code."""
     from .analysis.cli import add_analyze_parser, add_fewshot_parser
-    from .bench import add_parser as add_bench_parser
-    from .data.shards import add_parser as add_shard_parser
-    from .export import add_parser as add_export_parser
+    from .commands import add_bench_parser, add_export_parser, add_shard_parser
     from .serve.cli import add_parser as add_serve_parser
 
     for add in (add_fewshot_parser, add_analyze_parser, add_export_parser, add_bench_parser, add_serve_parser,
@@ -296,25 +334,63 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]  # fmt: skip
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, where it has one to show (not None or off) and the help does
+    not already say it; descriptions and examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line (what to fix, and where to read more) instead of the usage."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # subcommands' parsers are of this class too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vitkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="vitkit", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
     return parser
 
 
+def check_checkpoint(path: str) -> None:
+    """A run directory given as a checkpoint: a one-line error naming the file in it that was meant."""
+    from .train.rundir import RunDir
+
+    run = RunDir(path)
+    if run.config.is_file():
+        meant = next((f for f in (run.final, run.best) if f.is_file()), run.final)
+        raise ValueError(f"{path} is a run directory, not a checkpoint file: did you mean {meant}?")
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    print(f"vitkit: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The `vitkit` command with `argv` (default: sys.argv); returns its exit code (2: bad input)."""
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # a user reads one line, not the library's file and line
+            if getattr(args, "checkpoint", None):
+                check_checkpoint(args.checkpoint)
+            return args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
         print(f"vitkit {args.command}: error: {e}", file=sys.stderr)
         return 2

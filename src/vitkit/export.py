@@ -255,7 +255,8 @@ def export_onnx_int8(
     }  # fmt: skip
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """The `vitkit` subcommand (its parser: vitkit.commands)."""
     from .checkpoints.load import load
 
     model = load(args.checkpoint, **({"img_size": args.img_size} if args.img_size else {}))
@@ -285,19 +286,3 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The `vitkit export` subcommand."""
-    p = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch on real photographs")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint that carries its config (vitkit, Hugging Face)")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--int8", action="store_true", help="static int8 (QDQ) quantisation, 7-bit weights; needs --calibrate")
-    p.add_argument("--int8-full-range", action="store_true",
-                   help="--int8 with 8-bit weights: a little closer to fp32 on CPUs with VNNI/AMX, further on others")
-    p.add_argument("--calibrate", metavar="DATASET", help="--int8 calibration images: this dataset's training split")
-    p.add_argument("--img-size", type=int, help="export at another resolution (position embeddings resampled)")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
-    p.set_defaults(func=_run)

@@ -7,15 +7,13 @@ import contextlib
 import copy
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Iterable, Literal, get_args
+from typing import Iterable, get_args
 
 import torch
 
 from . import hardware
+from .precision_kinds import InferencePrecision, Precision, Requested  # noqa: F401 (imported from here too)
 
-Precision = Literal["fp32", "bf16", "fp16"]  # what a forward pass runs in
-Requested = Literal["auto", "fp32", "bf16", "fp16"]  # what training takes: `auto` resolves to a Precision
-InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]  # eval, predict, serve, bench
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # One training step of the CPU recipes (benchmarks/cpu_kinds.py, contended 2-core VM) under ATEN_CPU_CAPABILITY=avx2
 # ONEDNN_MAX_CPU_ISA=AVX2, bf16 autocast against fp32 (benchmarks/results/cpu_kinds.json).

@@ -1,23 +1,24 @@
 """`vitkit analyze` and `vitkit fewshot`: parse, load the checkpoint and the data, call the Python API.
 
-Each `add_*_parser(sub)` adds its subcommand to the `vitkit` command's subparsers and sets `func`.
+Each `add_*_parser(sub)` adds its subcommand to the `vitkit` command's subparsers and sets `func`. The
+parsers are built without torch (vitkit.cli): a command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.data import Subset
+from ..options import nonnegative_int, positive_int
 
-from ..data import DataSource, load_data
-from ..evaluate.classify import eval_loader
-from ..evaluate.fewshot import DEFAULT_L2, extract_features, fewshot, linear_probe
-from ..inference import load_for_inference
-from .report import analyze
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..data import DataSource
+
+RIDGE = 2.0**10  # big_vision's ridge penalty: vitkit.evaluate.fewshot.DEFAULT_L2 (a test checks), without torch
 
 
 def _shots(text: str) -> list[int]:
@@ -30,13 +31,21 @@ def _shots(text: str) -> list[int]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
     p.add_argument("--data", required=True, help="dataset: fashion_mnist, mnist5k, digits, imagefolder:PATH, wds:DIR_OR_URL, hf:NAME, ...")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data-loading processes (0: in this one)")
     p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import Subset
+
+    from ..data import load_data
+    from ..evaluate.classify import eval_loader
+    from ..inference import load_for_inference
+    from .report import analyze
+
     model = load_for_inference(args.checkpoint, args.device, "fp32").model  # the analyses read fp32 weights
     data = load_data(args.data, args.data_root)
     split = data.split(args.split)
@@ -64,9 +73,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
                                        "rollout; PNGs and analysis.json")
     _common(p)
     p.add_argument("--out", required=True, help="directory for the PNG figures and analysis.json")
-    p.add_argument("--images", type=int, default=128, help="images averaged over for the attention distance")
-    p.add_argument("--rollout-images", type=int, default=8, help="images shown in the rollout figures")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--images", type=positive_int, default=128, help="images averaged over for the attention distance")
+    p.add_argument("--rollout-images", type=positive_int, default=8, help="images shown in the rollout figures")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split of --data the images come from")
     p.add_argument("--json", action="store_true", help="print analysis.json's content on stdout")
     p.set_defaults(func=_analyze)
 
@@ -75,11 +84,18 @@ def _features(
     model: nn.Module, data: DataSource, split: str, args: argparse.Namespace
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen features (N, F) and labels (N,) of one split."""
+    from ..evaluate.classify import eval_loader
+    from ..evaluate.fewshot import extract_features
+
     loader = eval_loader(data.split(split), model.config.data_config, data.channels, args.batch_size, args.workers)
     return extract_features(model, loader)
 
 
 def _fewshot(args: argparse.Namespace) -> int:
+    from ..data import load_data
+    from ..evaluate.fewshot import fewshot, linear_probe
+    from ..inference import load_for_inference
+
     model = load_for_inference(args.checkpoint, args.device, "fp32").model  # frozen features, in fp32
     data = load_data(args.data, args.data_root)
     K = len(data.classes)
@@ -109,9 +125,10 @@ def add_fewshot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fewshot", help="few-shot linear regression accuracy of frozen features (paper section 4.1)")
     _common(p)
     p.add_argument("--shots", type=_shots, default=[1, 5, 10, 25], help="examples per class, e.g. 1,5,10,25")
-    p.add_argument("--seeds", type=int, default=3, help="support sets drawn per shot count")
-    p.add_argument("--ridge", type=float, default=DEFAULT_L2, help="ridge penalty λ (big_vision: 2^10)")
-    p.add_argument("--probe", choices=["logistic"], help="also fit a linear probe on all training features")
+    p.add_argument("--seeds", type=positive_int, default=3, help="support sets drawn per shot count")
+    p.add_argument("--ridge", type=float, default=RIDGE, help="ridge penalty λ (big_vision's 2^10)")
+    p.add_argument("--probe", choices=["logistic"], help="also fit a linear probe on all training features "
+                                                          "(default: none)")  # fmt: skip
     p.add_argument("--probe-l2", type=float, default=1e-4, help="the probe's L2 penalty on the mean loss")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_fewshot)

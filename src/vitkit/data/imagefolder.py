@@ -39,7 +39,7 @@ class TolerantImageFolder(ImageFolder):
         problem = looks_intact(path)
         if problem is None:
             return True
-        warnings.warn(f"skipping {path}: {problem}", stacklevel=2)
+        warnings.warn(f"imagefolder: {path} is left out: {problem} (fix or remove the file)", stacklevel=2)
         self.skipped.append(path)
         return False
 
@@ -51,6 +51,7 @@ class TolerantImageFolder(ImageFolder):
             except ImageDecodeError as e:
                 path = self.samples[i][0]
                 if path not in self.skipped:
-                    warnings.warn(f"skipping {e}", stacklevel=2)
+                    warnings.warn(f"imagefolder: {e}; another image is read in its place (fix or remove the file)",
+                                  stacklevel=2)  # fmt: skip
                     self.skipped.append(path)
         raise ValueError(f"imagefolder: no image under {self.root} could be decoded")

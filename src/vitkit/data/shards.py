@@ -183,7 +183,8 @@ def shard(
     return index
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """The `vitkit` subcommand (its parser: vitkit.commands)."""
     options = ShardOptions(args.format, args.quality, args.per_shard, args.shard_mb, args.limit)
     splits = ("train", "test") if args.split == "all" else (args.split,)
     index = shard(args.src, args.out, splits, options, args.data_root)
@@ -191,19 +192,3 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards")
     print(f"index: {Path(args.out) / INDEX}; train with --data wds:{args.out}")
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The `vitkit shard` subcommand."""
-    p = sub.add_parser("shard", help="write WebDataset tar shards and an index.json of any dataset vitkit reads")
-    p.add_argument("src", metavar="SRC", help="dataset: fashion_mnist, imagefolder:PATH, cifar10:PATH, ...")
-    p.add_argument("out", metavar="OUT", help="directory for the shards and index.json")
-    p.add_argument("--split", choices=["train", "test", "all"], default="all")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--per-shard", type=int, help="samples per shard")
-    size.add_argument("--shard-mb", type=float, help="about this many MiB per shard (default 256)")
-    p.add_argument("--format", choices=list(EXTENSIONS), default="png", help="png is lossless")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
-    p.add_argument("--limit", type=int, help="only the first N samples of each split")
-    p.add_argument("--data-root", help="where datasets are unpacked/downloaded")
-    p.set_defaults(func=_run)

@@ -35,6 +35,11 @@ class Evaluation:
         totals = self.confusion.sum(dim=1)
         return (self.confusion.diagonal() / totals.clamp(min=1)).masked_fill(totals == 0, float("nan")).tolist()
 
+    def accuracy_text(self) -> str:
+        """'top-1 83.20%, top-5 99.10%'; top-5 left out where there are 5 classes or fewer (it is then 100%)."""
+        top5 = f", top-5 {self.top5:.2%}" if len(self.confusion) > 5 else ""
+        return f"top-1 {self.top1:.2%}{top5}"
+
     def to_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
         names = classes or [str(i) for i in range(len(self.confusion))]
         return {

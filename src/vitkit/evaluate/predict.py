@@ -14,18 +14,25 @@ from ..data import eval_transform
 from ..data.images import ImageDecodeError, Source, open_image
 
 
+def topk_entries(probs: torch.Tensor, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The one result schema of vitkit's predictions (`vitkit predict --json`, /v1/predict, the page):
+    probs (K,) -> the min(k, K) most probable classes, best first, each {"label", "index", "prob"}."""
+    values, indices = probs.topk(min(k, len(names)))
+    return [{"label": names[i], "index": i, "prob": p} for p, i in zip(values.tolist(), indices.tolist())]
+
+
 @dataclass
 class Prediction:
-    """The top classes of one image, best first, as (name, probability); or why it could not be read."""
+    """The top classes of one image, best first (topk_entries); or why it could not be read."""
 
     image: str
-    top: list[tuple[str, float]] = field(default_factory=list)
+    topk: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {"image": self.image, "top": [{"class": c, "prob": p} for c, p in self.top]}
+        return {"image": self.image, "topk": self.topk}
 
 
 def read_image(source: Source, name: str | None = None) -> Image.Image:
@@ -78,11 +85,9 @@ def predict_files(
             batch.append((results[-1], transform(read_image(path))))
         except ImageDecodeError as e:
             results[-1].error = e.reason
-    k = min(topk, cfg.num_classes)
     for start in range(0, len(batch), batch_size):
         chunk = batch[start : start + batch_size]
         probs = probabilities(model, torch.stack([x for _, x in chunk]))
-        values, indices = probs.topk(k, dim=-1)
-        for (pred, _), v, i in zip(chunk, values.tolist(), indices.tolist()):
-            pred.top = [(names[c], p) for c, p in zip(i, v)]
+        for (pred, _), row in zip(chunk, probs):
+            pred.topk = topk_entries(row, names, topk)
     return results

@@ -14,6 +14,9 @@ Pool = Literal["token", "gap"]
 PosEmbed = Literal["learn", "sincos"]
 
 # Limits that keep a config read from an untrusted file from allocating absurd amounts of memory.
+# How position embeddings are resampled to another grid (models.posembed); torch-free here, for the CLI.
+ResampleMethod = Literal["bicubic", "bilinear", "official"]
+RESAMPLE_METHODS: tuple[str, ...] = ("bicubic", "bilinear", "official")
 MAX_WIDTH = 16384
 MAX_DEPTH = 256
 MAX_TOKENS = 1 << 20

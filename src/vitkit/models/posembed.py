@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-ResampleMethod = Literal["bicubic", "bilinear", "official"]
-RESAMPLE_METHODS: tuple[str, ...] = ("bicubic", "bilinear", "official")
+from .config import RESAMPLE_METHODS, ResampleMethod
 
 # method -> F.interpolate arguments.
 #   bicubic:  timm's resample_abs_pos_embed (antialias changes PyTorch's bicubic kernel even when

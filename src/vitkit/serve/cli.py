@@ -7,9 +7,7 @@ import os
 import signal
 import sys
 
-import torch
-
-from ..inference import inference_device
+from ..options import nonnegative_float, port, positive_float, positive_int
 from .runtime import RUNTIMES, check_runtime
 from .workers import default_threads, run_workers
 
@@ -21,16 +19,11 @@ def _serve(args: argparse.Namespace) -> int:
         from .app import MB, app_from_checkpoint
     except ImportError as e:
         raise ValueError(f"needs the serve extra ({e.name} is missing): pip install 'vitkit[serve]'") from None
+    import torch
 
-    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
-        raise ValueError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-upload-mb > 0")
-    if args.workers < 1 or (args.threads_per_worker is not None and args.threads_per_worker < 1):
-        raise ValueError(f"--workers and --threads-per-worker must be >= 1, got {args.workers} and "
-                         f"{args.threads_per_worker}")  # fmt: skip
+    from ..inference import inference_device
+
     max_queue = 4 * args.max_batch if args.max_queue is None else args.max_queue
-    if max_queue < 1 or args.timeout_ms <= 0 or args.max_images_per_request < 1:
-        raise ValueError(f"--max-queue must be >= 1, --timeout-ms > 0 and --max-images-per-request >= 1, got "
-                         f"{max_queue}, {args.timeout_ms:g} and {args.max_images_per_request}")  # fmt: skip
     check_runtime(args.runtime, args.precision, args.device)
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"no checkpoint file {args.checkpoint!r}")
@@ -78,11 +71,11 @@ def http_stack(http: str, loop: str) -> dict[str, str]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an HTTP API (predict, explain, metrics) and a web page for a checkpoint")
     p.add_argument("--checkpoint", required=True, help="vitkit .safetensors (or any format that carries a config)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=32, help="most images in one forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only; 0.0.0.0: all)")
+    p.add_argument("--port", type=port, default=8000, help="TCP port to listen on")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="most images in one forward pass")
+    p.add_argument("--max-wait-ms", type=nonnegative_float, default=5.0, help="longest wait for a batch to fill (0: none)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where the model runs (default: cuda when available)")
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "int8"],
@@ -97,15 +90,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="the predictions' forward pass: PyTorch, or ONNX Runtime (fp32, CPU; holds no GIL)")
     p.add_argument("--api-key", help="require it on /v1/*, as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted")
-    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own model (default 1)")
-    p.add_argument("--threads-per-worker", type=int, help="torch threads per worker (default: the cores split)")
-    p.add_argument("--max-queue", type=int, help="most images queued per worker; beyond, 503 (default 4 x max-batch)")
-    p.add_argument("--timeout-ms", type=float, default=30_000.0, help="an image queued longer gets 504 (default 30 s)")
-    p.add_argument("--max-images-per-request", type=int, default=64, help="most images in one batch request")
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest request body accepted, in MiB")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes, each with its own model")
+    p.add_argument("--threads-per-worker", type=positive_int, help="torch threads per worker (default: the cores "
+                                                                   "split among the workers)")  # fmt: skip
+    p.add_argument("--max-queue", type=positive_int, help="most images queued per worker; beyond, 503 "
+                                                          "(default: 4 x --max-batch)")  # fmt: skip
+    p.add_argument("--timeout-ms", type=positive_float, default=30_000.0, help="an image queued longer gets 504")
+    p.add_argument("--max-images-per-request", type=positive_int, default=64, help="most images in one batch request")
     p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
                    help="uvicorn's HTTP parser (auto: httptools where installed, else h11)")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                    help="uvicorn's event loop (auto: uvloop where installed, else asyncio)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (info: one line per request)")
     p.set_defaults(func=_serve)

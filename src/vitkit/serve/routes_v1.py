@@ -1,6 +1,7 @@
 """vitkit's own API: POST /v1/predict, POST /v1/explain (one image or a batch of them), GET /v1/model.
 
-One image (a raw body, or one multipart `file`) is answered `{"topk", "model", "latency_ms"}`; a batch
+One image (a raw body, or one multipart `file`) is answered `{"topk", "model", "latency_ms"}`, `topk` as
+vitkit.evaluate.predict.topk_entries gives it (the schema of `vitkit predict --json` too); a batch
 (several `file` fields, or JSON `{"images": [...]}`) is answered `{"results": [...], "model", "latency_ms"}`
 in the same order, where an image that cannot be decoded gets `{"error"}` in its place.
 """
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..evaluate.predict import topk_entries
 from .explain import explanation
 from .served import Served
 from .uploads import read_upload
@@ -42,10 +44,6 @@ UPLOAD_SCHEMA = {
 def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None:
     cfg, names = served.cfg, served.names
 
-    def top(probs: torch.Tensor, topk: int) -> list[dict[str, Any]]:
-        values, indices = probs.topk(min(topk, cfg.num_classes))
-        return [{"label": names[i], "index": i, "prob": p} for p, i in zip(values.tolist(), indices.tolist())]
-
     async def classify(request: Request, topk: int, kind: str, extra: Callable | None = None) -> dict[str, Any]:
         """The upload's answer: each image's top-k classes (and `extra(image, row)`'s fields)."""
         start = time.perf_counter()
@@ -54,7 +52,7 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
         upload = await read_upload(request, served.max_images)
         reservation = served.admit(request, kind, len(upload.images))
         try:
-            images = await served.decode_async(upload.images)
+            images = await served.decode_async(upload.images, upload.names)
             if not upload.batch and isinstance(images[0], str):
                 raise HTTPException(400, images[0])
             good = [x for x in images if isinstance(x, torch.Tensor)]
@@ -67,7 +65,7 @@ def add_v1_routes(app: FastAPI, served: Served, dependencies: list[Any]) -> None
                 results.append({"error": image})
                 continue
             row = next(rows)
-            result = {"topk": top(row[0] if isinstance(row, tuple) else row, topk)}
+            result = {"topk": topk_entries(row[0] if isinstance(row, tuple) else row, names, topk)}
             if extra is not None:
                 result.update(await run_in_threadpool(extra, image, row))
             results.append(result)

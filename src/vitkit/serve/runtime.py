@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # imported where used: the `vitkit serve` parser reads RUNTIMES without torch
+    import torch
 
 RUNTIMES = ("torch", "onnxruntime")
 CHECK_IMAGES = 4  # random images the export is checked on (no photographs needed)
@@ -34,6 +35,8 @@ def onnx_probabilities(model: torch.nn.Module) -> Callable[[torch.Tensor], torch
         import onnxruntime as ort
     except ImportError:
         raise ValueError("--runtime onnxruntime needs onnxruntime: pip install 'vitkit[onnx]'") from None
+    import torch
+
     from ..export import INPUT_NAME, export_onnx
 
     cfg = model.config

@@ -27,6 +27,7 @@ class Upload:
 
     images: list[bytes | str]
     batch: bool
+    names: list[str]  # how an error names each image: its multipart part or JSON entry and index
 
 
 async def read_upload(request: Request, max_images: int) -> Upload:
@@ -52,17 +53,19 @@ async def _read_upload(request: Request, max_images: int) -> Upload:
         files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
         if not files:
             raise HTTPException(400, "the multipart upload has no file in field 'file'")
-        images: list[bytes | str] = [await f.read() or "empty upload: no image bytes" for f in files]
+        names = [f"file[{i}] ({f.filename})" if f.filename else f"file[{i}]" for i, f in enumerate(files)]
+        images: list[bytes | str] = [await f.read() or f"{name}: empty, no image bytes" for f, name in zip(files, names)]
         if len(images) == 1 and isinstance(images[0], str):
             raise HTTPException(400, images[0])
-        return Upload(images, batch=len(files) > 1)
+        return Upload(images, batch=len(files) > 1, names=names)
     if kind == "application/json":
-        return Upload(_json_images(await request.body(), max_images), batch=True)
+        images = _json_images(await request.body(), max_images)
+        return Upload(images, batch=True, names=[f"images[{i}]" for i in range(len(images))])
     if kind in RAW_TYPES or kind.startswith("image/"):
         data = await request.body()
         if not data:
             raise HTTPException(400, "empty upload: no image bytes")
-        return Upload([data], batch=False)
+        return Upload([data], batch=False, names=["upload"])
     raise HTTPException(415, f"content type {kind!r} not accepted: send image/*, application/octet-stream, "
                              "multipart/form-data with the images in fields 'file', or JSON "
                              '{"images": ["<base64>", ...]}')  # fmt: skip

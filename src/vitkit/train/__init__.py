@@ -1,12 +1,13 @@
 """Training and fine-tuning: recipes, schedules, optimisers, the loop, checkpoint/resume, several processes."""
 
-from .config import TrainConfig, make_config
-from .loop import Interrupted, NonFiniteLoss, TrainResult, fit, train_step
-from .recipes import RECIPES, Recipe, get_recipe
-from .resume import CheckpointWriteError
-from .schedule import lr_factor
+from ..lazy import lazy_exports
 
-__all__ = [
-    "RECIPES", "CheckpointWriteError", "Interrupted", "NonFiniteLoss", "Recipe", "TrainConfig", "TrainResult", "fit", "get_recipe", "lr_factor",
-    "make_config", "train_step",
-]  # fmt: skip
+EXPORTS = {
+    ".config": ("TrainConfig", "make_config"),
+    ".loop": ("Interrupted", "NonFiniteLoss", "TrainResult", "fit", "train_step"),
+    ".recipes": ("RECIPES", "Recipe", "get_recipe"),
+    ".resume": ("CheckpointWriteError",),
+    ".schedule": ("lr_factor",),
+}
+__all__ = sorted(name for names in EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -7,22 +7,23 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
 import yaml
 
 from ..files import atomic_write
-from ..data import DataSource, dataset_defaults
-from ..models import get_config
-from ..models.config import check_fields
-from ..models.posembed import ResampleMethod
-from ..precision import Requested
-from . import distributed
+from ..models.config import ResampleMethod, check_fields
+from ..precision_kinds import Requested
 from .recipes import Recipe, get_recipe, option, recipe_from_dict
 from .rundir import RunDir
 
+if TYPE_CHECKING:  # torch comes with these: the CLI's parser reads this module without them
+    from ..data import DataSource
+    from . import distributed
 
-DATASETS_HELP = "fashion_mnist, mnist5k, digits, imagefolder:PATH, cifar10:PATH, cifar100:PATH, wds:DIR_OR_URL or hf:NAME"
+
+DATASETS_HELP = ("the dataset (required): imagefolder:PATH (PATH/CLASS_NAME/*.jpg), fashion_mnist, mnist5k, digits, "
+                 "cifar10:PATH, cifar100:PATH, wds:DIR_OR_URL or hf:NAME")
 
 
 @dataclass
@@ -33,10 +34,11 @@ class TrainConfig:
     model: str | None = option(None, "registered model name (default: the dataset's)")
     recipe_name: str | None = option(None, "a recipe's name or a .yaml file of recipe fields (default: the dataset's)")
     recipe: Recipe | None = None
-    patch_size: int | None = option(None, "override the model's patch size")
+    patch_size: int | None = option(None, "patch size (default: the model's)")
     in_chans: int | None = option(None, "model input channels (default: the model's)")
-    init_from: str | None = option(None, "start from these weights (any supported format)")
-    pos_method: ResampleMethod | None = option(None, "position-embedding resampling for init_from")
+    init_from: str | None = option(None, "start from these weights, any supported format (default: none, from scratch)")
+    pos_method: ResampleMethod | None = option(None, "position-embedding resampling for init_from (default: the "
+                                                              "convention of its format)")
     out: str | None = option(None, "run directory (default: runs/<data>-<model>-<time>)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
     precision: Requested = option("auto", "auto (bf16 where the hardware runs it natively, else fp32), fp32, or "
@@ -45,23 +47,26 @@ class TrainConfig:
     fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
                                "(FSDP) instead of copying them to each (DDP)")
     seed: int = option(0, "seed of initialisation, data order and augmentation")
-    micro_batch: int | None = option(None, "images per forward pass and process (accumulate up to batch_size)")
-    workers: int | None = option(None, "data-loading processes per training process")
+    micro_batch: int | None = option(None, "images per forward pass and process, accumulated up to "
+                                                   "batch_size (default: the whole batch)")
+    workers: int | None = option(None, "data-loading processes per training process (default: "
+                                               "chosen from the cores and the data)")
     checkpoint_every: int = option(500, "write a resumable checkpoint every N steps (and at the end)")
     keep_checkpoints: int = option(2, "resumable checkpoints kept in OUT/checkpoints (the newest)")
     skip_nonfinite: int = option(0, "skip up to N steps whose loss is NaN/inf (0: stop at the first)")
     log_every: int = option(10, "record training loss every N steps")
-    limit_train: int | None = option(None, "use only the first N training images")
+    limit_train: int | None = option(None, "use only the first N training images (default: all)")
     subset: int | None = option(None, "train on a class-balanced subset of N training images, nested across N "
-                                      "(vitkit.data.subsets)")
+                                      "(vitkit.data.subsets; default: all)")
     subset_seed: int = option(0, "seed of the subset's (and the held-out part's) draw")
     holdout: float = option(0.0, "hold out this class-balanced fraction of the training images: evaluate on it "
                                  "during training and keep the best as best.safetensors (the test split is left alone)")
     eval_every: int | None = option(None, "evaluate every N steps (default: every epoch)")
     patience: int | None = option(None, "with --holdout: stop once N evaluations in a row have not improved on "
                                         "the best held-out top-1 (early stopping; default: run to the end)")
-    limit_eval: int | None = option(None, "evaluate on only the first N test images")
-    data_root: str | None = option(None, "where datasets are unpacked/downloaded")
+    limit_eval: int | None = option(None, "evaluate on only the first N test images (default: all)")
+    data_root: str | None = option(None, "where datasets are unpacked/downloaded (default: $VITKIT_DATA, "
+                                                "else ~/.cache/vitkit/data)")
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
     feed: Literal["auto", "device", "loader"] = option(
         "auto", "training images from a loader, or held on the device and augmented there in batches "
@@ -133,6 +138,8 @@ def check_resumable(saved: TrainConfig, current: TrainConfig) -> None:
 def with_defaults(cfg: TrainConfig, **recipe_overrides: Any) -> TrainConfig:
     """`cfg` with the dataset's default model and recipe where none is given, and `recipe_overrides`
     applied to the recipe."""
+    from ..data import dataset_defaults
+
     default_recipe, default_model = dataset_defaults(cfg.data)
     if "epochs" in recipe_overrides and "steps" not in recipe_overrides:
         recipe_overrides = {**recipe_overrides, "steps": None}  # a recipe's own steps would win over these epochs
@@ -142,6 +149,26 @@ def with_defaults(cfg: TrainConfig, **recipe_overrides: Any) -> TrainConfig:
     else:
         recipe, recipe_name = cfg.recipe.replace(**recipe_overrides), cfg.recipe_name or "custom"
     return dataclasses.replace(cfg, model=cfg.model or default_model, recipe=recipe, recipe_name=recipe_name)
+
+
+def fit_to_data(cfg: TrainConfig, data: DataSource, batch_size_given: bool) -> tuple[TrainConfig, list[str]]:
+    """The defaults that depend on the data, with the lines that tell the user: how the dataset's test split
+    was made (where the user did not choose it), and, unless --batch-size was given, a batch that fits the
+    training images (a quarter of them, a power of two) where the recipe's is larger than all of them."""
+    notes = [data.note] if data.note else []
+    if batch_size_given or cfg.resume or cfg.subset or cfg.holdout:  # a subset is repeated to fill a batch
+        return cfg, notes
+    try:
+        images = len(data.split("train"))
+    except TypeError:  # a stream of unknown length
+        return cfg, notes
+    images = min(images, cfg.limit_train or images)
+    if images >= cfg.recipe.batch_size:
+        return cfg, notes
+    batch = 1 << max(0, (images // 4).bit_length() - 1)
+    notes.append(f"batch_size {batch}: the recipe's {cfg.recipe.batch_size} is more than the {images} training "
+                 f"images; --batch-size N to choose")  # fmt: skip
+    return dataclasses.replace(cfg, recipe=cfg.recipe.replace(batch_size=batch)), notes
 
 
 def make_config(recipe_overrides: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:
@@ -162,6 +189,8 @@ def make_config(recipe_overrides: dict[str, Any] | None = None, **fields: Any) -
 
 def resolve(cfg: TrainConfig, procs: distributed.Processes) -> TrainConfig:
     """Fill in the defaults that depend on the dataset and the run directory (the same on every process)."""
+    from ..models import get_config
+
     if cfg.recipe is None or cfg.model is None:
         cfg = with_defaults(cfg)
     get_config(cfg.model)  # an unknown name fails here, before any work

@@ -65,7 +65,7 @@ class TrainResult:
         lines = [f"run directory: {self.out_dir}", f"checkpoint: {self.checkpoint} (after {self.steps} steps)"]
         if self.evaluation is not None:
             ev = self.evaluation
-            lines.append(f"{self.evaluated} accuracy: top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%} on {ev.n} images")
+            lines.append(f"{self.evaluated} accuracy: {ev.accuracy_text()} on {ev.n} images")
         if self.best_top1 is not None:
             lines.append(f"best top-1: {self.best_top1:.2%} ({RunDir(self.out_dir).best})")
         lines.append(f"metrics: {RunDir(self.out_dir).metrics}; plots: {self.out_dir}/{{loss,accuracy,lr}}.png")

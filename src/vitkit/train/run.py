@@ -151,6 +151,6 @@ class Run:
                 "time_s": self.time_s(),
             })  # fmt: skip
             self.log.plot(force=False)
-            self.say(f"step {self.step}: {self.eval_name} top-1 {ev.top1:.2%}, top-5 {ev.top5:.2%}, "
+            self.say(f"step {self.step}: {self.eval_name} {ev.accuracy_text()}, "
                      f"loss {ev.loss:.4f}")  # fmt: skip
 
