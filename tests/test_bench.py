@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import vitkit
 from vitkit import bench
 from vitkit.flops import forward_flops, step_flops
+from vitkit.measure import time_rounds
 from vitkit.peers import timm_twin
 
 TINY = "vit_test_patch4_16"  # 16×16 images, patch 4, depth 2, width 32
@@ -119,7 +120,7 @@ def test_rounds_alternate_which_row_goes_first():
         calls.append(name)
         clock.now += seconds
 
-    seconds = bench.time_rounds([lambda: step("a", 1.0), lambda: step("b", 2.0)], rounds=4, clock=clock)
+    seconds = time_rounds([lambda: step("a", 1.0), lambda: step("b", 2.0)], rounds=4, clock=clock)
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert seconds == [[1.0] * 4, [2.0] * 4]
 
@@ -142,7 +143,7 @@ def test_the_reported_ratio_is_the_median_of_the_rounds_ratios_after_each_row_wa
         return scripted, extras
 
     monkeypatch.setattr(bench, "_step_fn", scripted_step_fn)
-    monkeypatch.setattr(bench, "time_rounds", functools.partial(bench.time_rounds, clock=clock))
+    monkeypatch.setattr(bench, "time_rounds", functools.partial(time_rounds, clock=clock))
     result = bench.benchmark(TINY, compare="timm", isolate=False, batch_size=2, warmup=1, repeats=3, threads=1)
     assert calls == ["vitkit", "timm", "vitkit", "timm", "timm", "vitkit", "vitkit", "timm"]
     assert result["round_ratios"] == [2.0, 3.0, 0.5] and result["ratio"] == 2.0

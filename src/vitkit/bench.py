@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -34,7 +33,9 @@ from torch import nn
 
 from .flops import Mode, step_flops
 from .hardware import default_device
-from .measure import matmul_peak_gflops, num_threads, peak_memory_mb, reset_peak_memory, sync
+from .measure import (
+    matmul_peak_gflops, num_threads, peak_memory_mb, ratio_summary, reset_peak_memory, sync, time_rounds,
+)
 from .models import build_model, get_config
 from .peers import check_agreement, timm_architecture
 from .precision import DTYPES, InferencePrecision, PrecisionChoice, autocast, resolve_precision
@@ -187,24 +188,6 @@ def _ready(spec: RowSpec, device: torch.device) -> tuple[Step, dict[str, Any]]:
     return step, {**extras, "peak_memory_mb": peak_memory_mb(device) - baseline}
 
 
-def time_rounds(
-    steps: list[Step], rounds: int, sync: Callable[[], None] = lambda: None,
-    clock: Callable[[], float] = time.perf_counter,
-) -> list[list[float]]:
-    """Time one call of each step per round, alternating the order round by round (A B, B A, A B, ...:
-    each step runs first as often as last), so that a drifting machine weighs on every step alike.
-    Returns seconds[i][r], step i's time in round r."""
-    seconds: list[list[float]] = [[] for _ in steps]
-    for r in range(rounds):
-        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
-        for i in order:
-            start = clock()
-            steps[i]()
-            sync()
-            seconds[i].append(clock() - start)
-    return seconds
-
-
 def _timings(seconds: list[float], batch_size: int) -> dict[str, Any]:
     """One row's rounds: latency per batch (median, min, max) and images/s (the median of the rounds')."""
     return {
@@ -222,42 +205,32 @@ def measure_rows(specs: list[RowSpec]) -> tuple[list[dict[str, Any]], list[list[
     with num_threads(specs[0].threads):
         ready = [_ready(spec, device) for spec in specs]
         seconds = time_rounds([step for step, _ in ready], specs[0].repeats, lambda: sync(device))
-    rows = [{**_timings(s, spec.batch_size), **extras} for spec, s, (_, extras) in zip(specs, seconds, ready)]
+    rows = [
+        {**(_timings(s, spec.batch_size) if s else {}), **extras} for spec, s, (_, extras) in zip(specs, seconds, ready)
+    ]
     return rows, seconds
 
 
 def measure_row(spec: RowSpec) -> dict[str, Any]:
-    """One row measured alone: warm up, time `spec.repeats` steps one by one; its peak memory from just
-    before the weights were loaded, over the warm-up."""
+    """One row measured alone: warm up, time `spec.repeats` steps one by one (none: its memory only); its
+    peak memory from just before the weights were loaded, over the warm-up."""
     return measure_rows([spec])[0][0]
 
 
-# A row's process prints its result (with "memory": its build and warm-up only), or a refusal (a
-# ValueError: bad input, not a crash), as one JSON line.
+# A row's process prints its result, or a refusal (a ValueError: bad input, not a crash), as one JSON line.
 _WORKER = """import json, sys
-import torch
-from vitkit.bench import RowSpec, _ready, measure_row
-from vitkit.measure import num_threads
+from vitkit.bench import RowSpec, measure_row
 try:
-    spec = RowSpec(**json.load(sys.stdin))
-    if sys.argv[1:] == ["memory"]:
-        with num_threads(spec.threads):
-            print(json.dumps(_ready(spec, torch.device(spec.device))[1]))
-    else:
-        print(json.dumps(measure_row(spec)))
+    print(json.dumps(measure_row(RowSpec(**json.load(sys.stdin)))))
 except ValueError as e:
     print(json.dumps({"error": str(e)}))
     sys.exit(2)
 """
 
 
-def _start(spec: RowSpec, memory_only: bool = False) -> subprocess.Popen:
-    """A fresh Python process that measures `spec` (or only its peak memory); its other output goes to
-    this process's stderr."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, *(["memory"] if memory_only else [])],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def _start(spec: RowSpec) -> subprocess.Popen:
+    """A fresh Python process that measures `spec`; its other output goes to this process's stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(asdict(spec)))
     proc.stdin.close()
@@ -286,8 +259,14 @@ def _compared(specs: list[RowSpec], isolate: bool) -> tuple[list[dict[str, Any]]
     """The rows measured in this process, alternating round by round (`measure_rows`), and the per-round
     ratios of the first row's images/s to the second's. `isolate`: each row's peak memory comes from a
     fresh process of its own that builds and warms it up (these run side by side, before the timing)."""
-    fresh = [_start(spec, memory_only=True) for spec in specs] if isolate else []
-    peaks = [_result(proc, spec)["peak_memory_mb"] for proc, spec in zip(fresh, specs)]
+    fresh = [_start(replace(spec, repeats=0)) for spec in specs] if isolate else []
+    try:
+        peaks = [_result(proc, spec)["peak_memory_mb"] for proc, spec in zip(fresh, specs)]
+    finally:  # one that refused leaves no other running
+        for proc in fresh:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     rows, seconds = measure_rows(specs)
     for row, peak in zip(rows, peaks):
         row["peak_memory_mb"] = peak
@@ -336,15 +315,6 @@ def _add_rates(result: dict[str, Any], rows: dict[str, dict[str, Any]], gflops: 
         result.update({f"{prefix}{k}": v for k, v in row.items()})
         result[f"{prefix}gflops_per_s"] = gflops * row["images_per_s"]
         result[f"{prefix}fraction_of_peak"] = gflops * row["images_per_s"] / peak
-
-
-def ratio_summary(ratios: list[float]) -> dict[str, Any]:
-    """Per-round ratios summarised: their median ("ratio"), quartiles, range, and the ratios themselves."""
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return {
-        "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3, "ratio_min": min(ratios),
-        "ratio_max": max(ratios), "round_ratios": ratios,
-    }  # fmt: skip
 
 
 def benchmark(
