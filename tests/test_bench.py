@@ -4,7 +4,9 @@ every field, and its timm comparison agrees numerically. Tiny models only; no ti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import statistics
 
 import pytest
 import timm
@@ -16,12 +18,13 @@ import vitkit
 from vitkit import bench
 from vitkit.commands import add_bench_parser
 from vitkit.flops import forward_flops, step_flops
+from vitkit.measure import time_rounds
 from vitkit.peers import timm_twin
 
 TINY = "vit_test_patch4_16"  # 16×16 images, patch 4, depth 2, width 32
 ROW_FIELDS = ["images_per_s", "latency_ms", "latency_ms_min", "latency_ms_max", "peak_memory_mb", "gflops_per_s",
               "fraction_of_peak"]  # fmt: skip
-QUICK = dict(batch_size=2, warmup=1, repeats=2, threads=1)  # one thread: the CI machine may be shared
+QUICK = dict(batch_size=2, warmup=1, repeats=3, threads=1)  # one thread: the CI machine may be shared
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +85,9 @@ def test_bench_against_timm_produces_every_field_and_agreeing_outputs(precision,
     for field in ROW_FIELDS:
         assert result[field] > 0 or field == "peak_memory_mb", field
         assert f"timm_{field}" in result
-    assert result["ratio"] == pytest.approx(result["images_per_s"] / result["timm_images_per_s"])
+    assert len(result["round_ratios"]) == result["rounds"] == QUICK["repeats"]
+    assert result["ratio"] == statistics.median(result["round_ratios"])
+    assert result["ratio_min"] <= result["ratio_q1"] <= result["ratio"] <= result["ratio_q3"] <= result["ratio_max"]
     assert result["gflops_per_image"] == step_flops(vitkit.get_config(TINY), mode) / 1e9
     assert result["max_abs_diff"] <= (1e-4 if precision == "fp32" else 0.1)
     assert result["precision"] == precision and result["mode"] == mode
@@ -91,6 +96,61 @@ def test_bench_against_timm_produces_every_field_and_agreeing_outputs(precision,
 def test_a_row_measured_in_its_own_process_reports_the_memory_it_used():
     result = bench.benchmark(TINY, mode="train", isolate=True, **QUICK)
     assert result["peak_memory_mb"] > 0 and result["images_per_s"] > 0
+
+
+def test_compared_rows_take_their_memory_from_processes_of_their_own():
+    result = bench.benchmark(TINY, mode="train", compare="timm", isolate=True, **QUICK)
+    assert result["peak_memory_mb"] > 0 and result["timm_peak_memory_mb"] > 0
+
+
+# ---- the comparison: one process, alternating rounds, the median of the rounds' ratios ------------------
+class FakeClock:
+    """A clock that moves only when a fake step says how long it took."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rounds_alternate_which_row_goes_first():
+    clock, calls = FakeClock(), []
+
+    def step(name: str, seconds: float) -> None:
+        calls.append(name)
+        clock.now += seconds
+
+    seconds = time_rounds([lambda: step("a", 1.0), lambda: step("b", 2.0)], rounds=4, clock=clock)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert seconds == [[1.0] * 4, [2.0] * 4]
+
+
+def test_the_reported_ratio_is_the_median_of_the_rounds_ratios_after_each_row_warms_up(monkeypatch):
+    """Steps that take scripted times on a fake clock: vitkit 1, 2, 4 s and timm 2, 6, 2 s in the three
+    rounds give per-round ratios 2, 3, 0.5 (median 2), where the ratio of the medians of images/s would be 1."""
+    clock, calls = FakeClock(), []
+    seconds = {"vitkit": [9.0, 1.0, 2.0, 4.0], "timm": [9.0, 2.0, 6.0, 2.0]}  # the first: the warm-up step
+    real_step_fn = bench._step_fn
+
+    def scripted_step_fn(spec, model, device):
+        step, extras = real_step_fn(spec, model, device)
+
+        def scripted() -> None:
+            step()
+            calls.append(spec.library)
+            clock.now += seconds[spec.library].pop(0)
+
+        return scripted, extras
+
+    monkeypatch.setattr(bench, "_step_fn", scripted_step_fn)
+    monkeypatch.setattr(bench, "time_rounds", functools.partial(time_rounds, clock=clock))
+    result = bench.benchmark(TINY, compare="timm", isolate=False, batch_size=2, warmup=1, repeats=3, threads=1)
+    assert calls == ["vitkit", "timm", "vitkit", "timm", "timm", "vitkit", "vitkit", "timm"]
+    assert result["round_ratios"] == [2.0, 3.0, 0.5] and result["ratio"] == 2.0
+    assert (result["ratio_min"], result["ratio_max"]) == (0.5, 3.0)
+    assert result["images_per_s"] == result["timm_images_per_s"] == 1.0  # 2 images in the median round's 2 s
+    assert result["latency_ms"] == 2000.0 and result["timm_latency_ms_max"] == 6000.0
 
 
 def test_onnxruntime_runtime_checks_the_export_then_measures_it():
@@ -123,7 +183,7 @@ def test_cli_json_is_one_object_on_stdout_and_the_table_goes_to_stderr(capsys):
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
-        ["bench", "--model", TINY, "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--threads", "1",
+        ["bench", "--model", TINY, "--batch-size", "2", "--warmup", "1", "--rounds", "2", "--threads", "1",
          "--compare", "timm", "--in-process", "--json"]
     )  # fmt: skip
     assert args.func(args) == 0
@@ -132,7 +192,8 @@ def test_cli_json_is_one_object_on_stdout_and_the_table_goes_to_stderr(capsys):
     for field in ["images_per_s", "peak_memory_mb", "gflops_per_image", "fraction_of_peak", "timm_images_per_s"]:
         assert field in result
     assert result["ratio"] > 0
-    assert "vitkit / timm" in err and timm.__version__ == result["timm_version"]
+    assert "vitkit / timm" in err and "median of 2 alternating rounds" in err
+    assert timm.__version__ == result["timm_version"]
 
 
 def test_top1_agreement_counts_matching_classes_between_precisions():

@@ -9,6 +9,7 @@ ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (which .ci/run uses for a secon
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -215,4 +216,4 @@ def test_bench_int8_reports_agreement_with_fp32_beside_timm_bf16_eager():
                        warmup=1, repeats=2)  # fmt: skip
     assert result["logit_cosine_vs_fp32"] >= 0.99 and result["top1_agreement_vs_fp32"] == 1.0
     assert result["compile"] and result["timm_images_per_s"] > 0
-    assert result["ratio"] == pytest.approx(result["images_per_s"] / result["timm_images_per_s"])
+    assert result["ratio"] == statistics.median(result["round_ratios"])

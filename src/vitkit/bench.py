@@ -3,10 +3,13 @@
 Conventions:
 - FLOPs per image are `vitkit.flops.step_flops`'s, peak memory and the matmul peak `vitkit.measure`'s, the
   timm twin and the agreement check `vitkit.peers`'s.
+- Speed against a peer is measured in one process, one step of each row per round, alternating which
+  goes first; the ratio is the median of the rounds' ratios, reported with its quartiles and range.
 - Peak memory on CPU is the peak resident set size (Linux's VmHWM) above the RSS just before the
-  weights are loaded: weights, activations, gradients, optimiser state and workspaces, not the
-  libraries (importing timm alone adds ~200 MB). On CUDA it is `max_memory_allocated`. Each row is measured in
-  a fresh process by default, so that memory one row freed cannot be reused by the next.
+  weights are loaded, over the row's build and warm-up: weights, activations, gradients, optimiser state
+  and workspaces, not the libraries (importing timm alone adds ~200 MB). On CUDA it is
+  `max_memory_allocated`. Each row's is measured in a fresh process by default, so that memory one row
+  freed cannot be reused by the next.
 - The machine's peak is the best rate of a large square `torch.matmul` in the row's compute dtype
   (bf16 for bf16 autocast), measured in the same run.
 """
@@ -19,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -31,7 +33,9 @@ from torch import nn
 
 from .flops import Mode, step_flops
 from .hardware import default_device
-from .measure import matmul_peak_gflops, num_threads, peak_memory_mb, reset_peak_memory, sync
+from .measure import (
+    matmul_peak_gflops, num_threads, peak_memory_mb, ratio_summary, reset_peak_memory, sync, time_rounds,
+)
 from .models import build_model, get_config
 from .peers import check_agreement, timm_architecture
 from .precision import DTYPES, InferencePrecision, PrecisionChoice, autocast, resolve_precision
@@ -70,7 +74,7 @@ class RowSpec:
     runtime: Runtime
     device: str
     warmup: int
-    repeats: int
+    repeats: int  # timed steps (rounds, when rows are measured together)
     threads: int
     seed: int
     weights_path: str
@@ -171,29 +175,46 @@ def _int8_step(spec: RowSpec, model: nn.Module, images: torch.Tensor) -> tuple[S
     return lambda: int8(images), logit_fidelity(reference, logits)
 
 
-def measure_row(spec: RowSpec) -> dict[str, Any]:
-    """Build the row, warm up, then time `spec.repeats` steps one by one: latency per batch (median,
-    min, max) and peak memory from just before the weights were loaded."""
-    device = torch.device(spec.device)
-    with num_threads(spec.threads):
-        # Libraries and module structure come before the baseline: they are not the row's memory.
-        skeleton = _skeleton(spec)
-        baseline = reset_peak_memory(device)
-        step, extras = _step_fn(spec, skeleton, device)
-        for _ in range(spec.warmup):
-            step()
-        sync(device)
-        seconds = []
-        for _ in range(spec.repeats):
-            start = time.perf_counter()
-            step()
-            sync(device)
-            seconds.append(time.perf_counter() - start)
+def _ready(spec: RowSpec, device: torch.device) -> tuple[Step, dict[str, Any]]:
+    """Build the row in this process and run its warm-up steps: its step, and what it adds to its
+    measurements, peak_memory_mb (over the build and the warm-up) included."""
+    # Libraries and module structure come before the baseline: they are not the row's memory.
+    skeleton = _skeleton(spec)
+    baseline = reset_peak_memory(device)
+    step, extras = _step_fn(spec, skeleton, device)
+    for _ in range(spec.warmup):
+        step()
+    sync(device)
+    return step, {**extras, "peak_memory_mb": peak_memory_mb(device) - baseline}
+
+
+def _timings(seconds: list[float], batch_size: int) -> dict[str, Any]:
+    """One row's rounds: latency per batch (median, min, max) and images/s (the median of the rounds')."""
     return {
         "latency_ms": statistics.median(seconds) * 1e3, "latency_ms_min": min(seconds) * 1e3,
-        "latency_ms_max": max(seconds) * 1e3, "peak_memory_mb": peak_memory_mb(device) - baseline,
-        **extras,
+        "latency_ms_max": max(seconds) * 1e3, "images_per_s": statistics.median(batch_size / s for s in seconds),
     }  # fmt: skip
+
+
+def measure_rows(specs: list[RowSpec]) -> tuple[list[dict[str, Any]], list[list[float]]]:
+    """Build and warm up each row in this process, one after the other, then time `repeats` rounds of
+    one step of each (`time_rounds`). Returns each row's measurements and its seconds per round. Peak
+    memory is each row's over its build and warm-up: only the first row's is its own (a later row can
+    reuse memory that an earlier one freed)."""
+    device = torch.device(specs[0].device)
+    with num_threads(specs[0].threads):
+        ready = [_ready(spec, device) for spec in specs]
+        seconds = time_rounds([step for step, _ in ready], specs[0].repeats, lambda: sync(device))
+    rows = [
+        {**(_timings(s, spec.batch_size) if s else {}), **extras} for spec, s, (_, extras) in zip(specs, seconds, ready)
+    ]
+    return rows, seconds
+
+
+def measure_row(spec: RowSpec) -> dict[str, Any]:
+    """One row measured alone: warm up, time `spec.repeats` steps one by one (none: its memory only); its
+    peak memory from just before the weights were loaded, over the warm-up."""
+    return measure_rows([spec])[0][0]
 
 
 # A row's process prints its result, or a refusal (a ValueError: bad input, not a crash), as one JSON line.
@@ -207,20 +228,49 @@ except ValueError as e:
 """
 
 
-def _measure(spec: RowSpec, isolate: bool) -> dict[str, Any]:
-    """measure_row here, or in a fresh Python process (its other output goes to this process's stderr);
-    a refusal there is raised here as the same one-line ValueError."""
-    if not isolate:
-        return measure_row(spec)
-    proc = subprocess.run(
-        [sys.executable, "-c", _WORKER], input=json.dumps(asdict(spec)), stdout=subprocess.PIPE, text=True
-    )
-    last = proc.stdout.splitlines()[-1] if proc.stdout.strip() else "{}"
+def _start(spec: RowSpec) -> subprocess.Popen:
+    """A fresh Python process that measures `spec`; its other output goes to this process's stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(asdict(spec)))
+    proc.stdin.close()
+    return proc
+
+
+def _result(proc: subprocess.Popen, spec: RowSpec) -> dict[str, Any]:
+    """What a `_start`ed process printed; a refusal there is raised here as the same one-line ValueError."""
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.wait()
+    last = out.splitlines()[-1] if out.strip() else "{}"
     if proc.returncode == 2 and last.startswith('{"error"'):
         raise ValueError(json.loads(last)["error"])
     if proc.returncode:
         raise RuntimeError(f"measuring the {spec.library} row failed in its own process (exit {proc.returncode})")
     return json.loads(last)
+
+
+def _measure(spec: RowSpec, isolate: bool) -> dict[str, Any]:
+    """measure_row here, or in a fresh Python process."""
+    return _result(_start(spec), spec) if isolate else measure_row(spec)
+
+
+def _compared(specs: list[RowSpec], isolate: bool) -> tuple[list[dict[str, Any]], list[float]]:
+    """The rows measured in this process, alternating round by round (`measure_rows`), and the per-round
+    ratios of the first row's images/s to the second's. `isolate`: each row's peak memory comes from a
+    fresh process of its own that builds and warms it up (these run side by side, before the timing)."""
+    fresh = [_start(replace(spec, repeats=0)) for spec in specs] if isolate else []
+    try:
+        peaks = [_result(proc, spec)["peak_memory_mb"] for proc, spec in zip(fresh, specs)]
+    finally:  # one that refused leaves no other running
+        for proc in fresh:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    rows, seconds = measure_rows(specs)
+    for row, peak in zip(rows, peaks):
+        row["peak_memory_mb"] = peak
+    return rows, [theirs / ours for ours, theirs in zip(*seconds)]
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
@@ -262,14 +312,9 @@ def _add_rates(result: dict[str, Any], rows: dict[str, dict[str, Any]], gflops: 
     """Fill `result` with each row's timings and the rates derived from them (prefix "" or "timm_")."""
     result.update(gflops_per_image=gflops, matmul_peak_gflops_per_s=peak)
     for prefix, row in rows.items():
-        images_per_s = result["batch_size"] / (row["latency_ms"] / 1e3)
         result.update({f"{prefix}{k}": v for k, v in row.items()})
-        result[f"{prefix}images_per_s"] = images_per_s
-        result[f"{prefix}gflops_per_s"] = gflops * images_per_s
-        result[f"{prefix}fraction_of_peak"] = gflops * images_per_s / peak
-    if "timm_" in rows:
-        result["timm_runtime"] = "torch"
-        result["ratio"] = result["images_per_s"] / result["timm_images_per_s"]
+        result[f"{prefix}gflops_per_s"] = gflops * row["images_per_s"]
+        result[f"{prefix}fraction_of_peak"] = gflops * row["images_per_s"] / peak
 
 
 def benchmark(
@@ -298,11 +343,19 @@ def benchmark(
     exports the model (checked on real photographs) and times onnxruntime; the timm row stays PyTorch.
     `device`: None picks CUDA when present. `threads`: intra-op threads of the measured rows (default
     torch's, one per core; fewer when other work shares the cores, which stalls torch's thread pool).
-    `isolate`: measure each row in a fresh process.
+    `repeats`: timed rounds, one step of each row in each.
 
-    Returns one flat dict: images_per_s, latency_ms (median; _min, _max), peak_memory_mb,
-    gflops_per_image, gflops_per_s, matmul_peak_gflops_per_s, fraction_of_peak, the settings, and with
-    compare="timm" the same measurements prefixed timm_, ratio (vitkit / timm images/s) and max_abs_diff.
+    compare="timm": both rows are built and warmed up in this process, then timed alternately, one step
+    each per round, in the order vitkit timm, timm vitkit, vitkit timm, ... (`time_rounds`): on a shared
+    machine whose speed drifts, rows timed in turn in separate processes gave ratios 30% off. `isolate`:
+    each row's peak memory comes from a fresh process that builds and warms up that row alone (without
+    it, the timm row's counts after vitkit's); a row measured alone (no compare) runs whole in one.
+
+    Returns one flat dict: images_per_s (the median of the rounds'), latency_ms (median; _min, _max),
+    peak_memory_mb, gflops_per_image, gflops_per_s, matmul_peak_gflops_per_s, fraction_of_peak, the
+    settings (rounds: `repeats`), and with compare="timm" the same measurements prefixed timm_,
+    max_abs_diff, and the per-round ratios of vitkit's images/s to timm's: ratio (their median),
+    ratio_q1 and ratio_q3, ratio_min and ratio_max, round_ratios (all of them, in order).
 
     precision="int8" (CPU inference): the vitkit row is quantised (`vitkit.quantize`, calibrated on
     `calibrate`'s training images, else photographs) and compiled; the timm row is timm's fastest CPU path,
@@ -310,6 +363,8 @@ def benchmark(
     scikit-image's sample photographs, in place of max_abs_diff.
     """
     device, compile = _check_settings(precision, mode, compile, runtime, compare, device)
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"--rounds must be at least 1 and --warmup at least 0; got {repeats} and {warmup}")
     choice = resolve_precision("fp32" if runtime == "onnxruntime" else precision, device)
     precision = choice.precision
     if cuda_graphs:  # both libraries' rows replay a captured step
@@ -324,7 +379,7 @@ def benchmark(
     result: dict[str, Any] = {
         "model": cfg.name, "batch_size": batch_size, "img_size": list(cfg.img_size), "precision": precision,
         "precision_choice": choice.to_dict(), "mode": mode, "compile": compile, "runtime": runtime, "device": device,
-        "threads": threads, "warmup": warmup, "repeats": repeats, "torch_version": torch.__version__,
+        "threads": threads, "warmup": warmup, "rounds": repeats, "torch_version": torch.__version__,
         "cuda_graphs": cuda_graphs,
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
@@ -345,12 +400,15 @@ def benchmark(
         compute_dtype = torch.float32 if precision == "fp32" else DTYPES.get(precision, torch.bfloat16)
         with num_threads(threads):
             peak = matmul_peak_gflops(compute_dtype, dev)
-        rows = {"": _measure(spec, isolate)}
-        if compare == "timm":
+        if compare != "timm":
+            rows = {"": _measure(spec, isolate)}
+        else:
             timm_spec = replace(spec, library="timm", runtime="torch", onnx_path=None)
             if precision == "int8":  # the peer's fastest CPU path
                 timm_spec = replace(timm_spec, precision="bf16", compile=False)
-            rows["timm_"] = _measure(timm_spec, isolate)
+            (ours, theirs), ratios = _compared([spec, timm_spec], isolate)
+            rows = {"": ours, "timm_": theirs}
+            result.update(timm_runtime="torch", **ratio_summary(ratios))
     _add_rates(result, rows, gflops, peak)
     return result
 
@@ -383,10 +441,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"int8 vs fp32 on photographs: logit cosine >= {result['logit_cosine_vs_fp32']:.4f}, "
             f"top-1 agreement {result['top1_agreement_vs_fp32']:.0%}"
         )
+    if "ratio" in result:
+        what = "vitkit / timm" if "max_abs_diff" in result else "vitkit int8 / timm bf16 eager"
+        lines.append(
+            f"{what}: {result['ratio']:.2f}x, the median of {result['rounds']} alternating rounds' ratios "
+            f"(quartiles {result['ratio_q1']:.2f}-{result['ratio_q3']:.2f}, range {result['ratio_min']:.2f}-"
+            f"{result['ratio_max']:.2f})"
+        )
     if "max_abs_diff" in result:
-        lines.append(f"vitkit / timm: {result['ratio']:.2f}x  (outputs agree: max |diff| {result['max_abs_diff']:.1e})")
-    elif "ratio" in result:
-        lines.append(f"vitkit int8 / timm bf16 eager: {result['ratio']:.2f}x")
+        lines.append(f"outputs agree: max |diff| {result['max_abs_diff']:.1e}")
     return "\n".join(lines)
 
 

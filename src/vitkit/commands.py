@@ -42,14 +42,18 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="capture the step as one CUDA graph (both rows)")
     p.add_argument("--mode", choices=["infer", "train"], default="infer",
                    help="time a forward pass, or a training step (forward, backward, optimiser)")  # fmt: skip
-    p.add_argument("--compare", choices=["timm"], help="also measure timm's same architecture and weights")
+    p.add_argument("--compare", choices=["timm"],
+                   help="also measure timm's same architecture and weights, in this process, round by round")
     p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
                    help="what runs the forward pass (onnxruntime: the model exported to ONNX)")  # fmt: skip
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to run (default: cuda when present)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--repeats", type=positive_int, default=10, help="timed steps (median and spread reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first, for each row")
+    p.add_argument("--rounds", "--repeats", dest="repeats", type=positive_int, default=10,
+                   help="timed rounds; with --compare, one step of each row per round, alternating which goes "
+                        "first (medians and spread reported)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, help="intra-op threads (default: one per core)")
-    p.add_argument("--in-process", action="store_true", help="measure rows in this process (peak memory then shared)")
+    p.add_argument("--in-process", action="store_true",
+                   help="no fresh processes: peak memory measured here too (with --compare, timm's after vitkit's)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.set_defaults(func=_bench)
 

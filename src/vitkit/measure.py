@@ -1,16 +1,22 @@
-"""What one process measures of itself: device sync, intra-op threads, peak memory, the matmul peak.
+"""What one process measures of itself: device sync, intra-op threads, peak memory, the matmul peak, and
+two speeds compared in alternating rounds.
 
 - Peak memory on CPU is the peak resident set size (Linux's VmHWM) above the RSS at `reset_peak_memory`;
   on CUDA it is `max_memory_allocated` above the bytes allocated then.
 - The machine's peak is the best rate of a large square `torch.matmul` in a given dtype.
+- Two things' speeds, on a machine whose speed drifts (a shared VM moves by a third within an hour), are
+  compared round by round: a round times one call of each, the order alternating from round to round
+  (A B, B A, ...), and the comparison is the median of the rounds' ratios with its quartiles and range
+  (a ratio of two medians would set one's good moment against the other's bad one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import statistics
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,3 +100,30 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return _proc_status_mb("VmHWM")
+
+
+def time_rounds(
+    steps: list[Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[list[float]]:
+    """Time one call of each step per round, in the order given in even rounds and reversed in odd ones;
+    `sync` waits for a step's queued work (a GPU's) before the clock is read. Returns seconds[i][r], step
+    i's time in round r."""
+    seconds: list[list[float]] = [[] for _ in steps]
+    for r in range(rounds):
+        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            start = clock()
+            steps[i]()
+            sync()
+            seconds[i].append(clock() - start)
+    return seconds
+
+
+def ratio_summary(ratios: list[float]) -> dict[str, Any]:
+    """Per-round ratios summarised: their median ("ratio"), quartiles, range, and the ratios themselves."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {
+        "ratio": statistics.median(ratios), "ratio_q1": q1, "ratio_q3": q3, "ratio_min": min(ratios),
+        "ratio_max": max(ratios), "round_ratios": ratios,
+    }  # fmt: skip
