@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
-from ..data import DataSource, load_data
+from ..data import load_data
+from ..data.subsets import dataset_labels
 from ..evaluate.classify import eval_loader
-from ..evaluate.fewshot import DEFAULT_L2, extract_features, fewshot, linear_probe
+from ..evaluate.fewshot import DEFAULT_L2, extract_features, fewshot, linear_probe, support_pool
 from ..inference import load_for_inference
 from .report import analyze
 
@@ -71,21 +72,25 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_analyze)
 
 
-def _features(
-    model: nn.Module, data: DataSource, split: str, args: argparse.Namespace
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features (N, F) and labels (N,) of one split."""
-    loader = eval_loader(data.split(split), model.config.data_config, data.channels, args.batch_size, args.workers)
+def _features(model: nn.Module, dataset: Dataset, channels: int, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features (N, F) and labels (N,) of a dataset's images."""
+    loader = eval_loader(dataset, model.config.data_config, channels, args.batch_size, args.workers)
     return extract_features(model, loader)
 
 
 def _fewshot(args: argparse.Namespace) -> int:
     model = load_for_inference(args.checkpoint, args.device, "fp32").model  # frozen features, in fp32
     data = load_data(args.data, args.data_root)
-    K = len(data.classes)
-    train_x, train_y = _features(model, data, "train", args)
-    test_x, test_y = _features(model, data, "test", args)
-    result = fewshot(train_x, train_y, test_x, test_y, args.shots, args.seeds, args.ridge, K)
+    K, train = len(data.classes), data.split("train")
+    pool = None
+    if args.probe is None and not isinstance(train, IterableDataset):  # features of the drawn supports only
+        train_y = dataset_labels(train)
+        pool = support_pool(train_y, args.shots, args.seeds, K)
+        train_x, _ = _features(model, Subset(train, pool.tolist()), data.channels, args)
+    else:  # the probe fits all of them; a streamed split has no indices to draw by
+        train_x, train_y = _features(model, train, data.channels, args)
+    test_x, test_y = _features(model, data.split("test"), data.channels, args)
+    result = fewshot(train_x, train_y, test_x, test_y, args.shots, args.seeds, args.ridge, K, pool)
     report: dict[str, Any] = {
         "checkpoint": args.checkpoint, "data": data.name, "feature_dim": train_x.shape[1],
         "n_train": len(train_y), "n_test": len(test_y), **result.to_dict(),
