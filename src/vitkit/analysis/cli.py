@@ -43,8 +43,9 @@ def _analyze(args: argparse.Namespace) -> int:
     split = data.split(args.split)
     subset = Subset(split, range(min(args.images, len(split))))
     loader = eval_loader(subset, model.config.data_config, data.channels, args.batch_size, args.workers)
-    images = torch.cat([x for x, _ in loader])
-    report = analyze(model, images, args.out, rollout_images=args.rollout_images)
+    batches = list(loader)
+    images, labels = torch.cat([x for x, _ in batches]), torch.cat([torch.as_tensor(y) for _, y in batches])
+    report = analyze(model, images, args.out, rollout_images=args.rollout_images, labels=labels, classes=data.classes)
     if args.json:
         print(json.dumps(report))
         return 0
