@@ -349,8 +349,9 @@ def test_files_are_created_with_the_process_umask_like_open(data_root, tmp_path,
 
     result = fit(tiny(data_root, tmp_path / "run"))
     export_onnx(vitkit_load(result.checkpoint), tmp_path / "model.onnx")
-    written = [result.checkpoint, result.out_dir / "best.safetensors", result.out_dir / "config.yaml",
-               result.out_dir / "metrics.jsonl", *(result.out_dir / "checkpoints").iterdir(), tmp_path / "model.onnx"]  # fmt: skip
+    run_dir = result.out_dir
+    written = [result.checkpoint, run_dir / "best.safetensors", run_dir / "config.yaml", run_dir / "metrics.jsonl",
+               *(run_dir / "checkpoints").iterdir(), tmp_path / "model.onnx"]  # fmt: skip
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
     os.umask(0o027)
     atomic_write(tmp_path / "private.txt", lambda tmp: Path(tmp).write_text("x"))

@@ -73,7 +73,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_analyze)
 
 
-def _features(model: nn.Module, dataset: Dataset, channels: int, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(
+    model: nn.Module, dataset: Dataset, channels: int, args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen features (N, F) and labels (N,) of a dataset's images."""
     loader = eval_loader(dataset, model.config.data_config, channels, args.batch_size, args.workers)
     return extract_features(model, loader)
