@@ -250,3 +250,35 @@ def test_analyze_command_writes_analysis_json(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["n_images"] == 6 and (tmp_path / "out" / "analysis.json").is_file()
     assert all((tmp_path / "out" / f"{name}.png").is_file() for name in report["figures"])
+
+
+@pytest.mark.parametrize("draw", ["rollout", "head_attention"])
+def test_attention_figures_caption_each_image_and_carry_the_heat_scales_colour_bar(draw):
+    from vitkit.analysis.plots import HEAT_LABEL, head_attention_figure, rollout_figure
+
+    images, captions = torch.rand(2, 3, 16, 16), ["Sandal\n(model: Bag)", "Shirt\n(model: Shirt)"]
+    if draw == "rollout":
+        fig = rollout_figure(images, torch.rand(2, 4, 4), captions)
+    else:
+        fig = head_attention_figure(images, torch.rand(2, 3, 4, 4), captions)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all(caption in titles for caption in captions)
+    assert [ax.get_ylabel() for ax in fig.axes].count(HEAT_LABEL) == 1  # one colour bar, labelled
+
+
+def test_analyze_command_names_the_class_and_the_prediction_of_each_image_shown(tmp_path, capsys):
+    from vitkit.data import load_data
+
+    model = vitkit.create_model("vit_test_patch4_16", in_chans=1, mean=(0.5,), std=(0.5,))
+    vitkit.save(model, tmp_path / "model.safetensors")
+    parser = argparse.ArgumentParser()
+    add_analyze_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["analyze", "--checkpoint", str(tmp_path / "model.safetensors"), "--data", "digits",
+                              "--out", str(tmp_path / "out"), "--images", "6", "--rollout-images", "3", "--json",
+                              "--device", "cpu"])  # fmt: skip
+    assert args.func(args) == 0
+    shown = json.loads(capsys.readouterr().out)["rollout_images"]
+    test = load_data("digits").split("test")
+    classes = load_data("digits").classes
+    assert [row["class"] for row in shown] == [classes[int(test[i][1])] for i in range(3)]
+    assert all(row["predicted"] in classes for row in shown)

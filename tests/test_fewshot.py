@@ -15,6 +15,7 @@ import vitkit
 from vitkit.analysis.cli import add_fewshot_parser
 from vitkit.evaluate.fewshot import (
     BIAS_FEATURE, class_permutations, extract_features, fewshot, linear_probe, logistic_readout, ridge_readout,
+    support_pool,
 )  # fmt: skip
 
 
@@ -155,3 +156,47 @@ def test_fewshot_command_prints_json_with_shots_and_probe(tmp_path, capsys):
     assert set(report["shots"]) == {"1", "5"} and len(report["shots"]["5"]["per_seed"]) == 2
     assert report["n_test"] == 360 and report["feature_dim"] == 32
     assert 0.0 <= report["linear_probe"]["top1"] <= 1.0
+
+
+def test_fewshot_on_the_support_pool_alone_equals_fewshot_on_every_training_example():
+    train_x, train_y = clusters(40, spread=2.0)
+    test_x, test_y = clusters(10, spread=2.0, seed=1)
+    pool = support_pool(train_y, [1, 5], 3, 4)
+    assert len(pool) <= 3 * 5 * 4 < len(train_y)
+    whole = fewshot(train_x, train_y, test_x, test_y, [1, 5], seeds=3)
+    pooled = fewshot(train_x[pool], train_y, test_x, test_y, [1, 5], seeds=3, pool=pool)
+    assert torch.equal(pooled.accuracy, whole.accuracy)
+
+
+def fewshot_args(checkpoint: str, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_fewshot_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["fewshot", "--checkpoint", checkpoint, "--data", "digits", "--shots", "5,10",
+                              "--seeds", "2", "--json", "--device", "cpu", *extra])  # fmt: skip
+
+
+def test_fewshot_command_extracts_only_the_support_pool_and_the_test_split(tmp_path, capsys, monkeypatch):
+    import vitkit.analysis.cli as analysis_cli
+    from vitkit.data import load_data
+
+    model = vitkit.create_model("vit_test_patch4_16", in_chans=1, mean=(0.5,), std=(0.5,))
+    vitkit.save(model, tmp_path / "model.safetensors")
+    extracted = []
+
+    def spy(model, loader):
+        features, labels = extract_features(model, loader)
+        extracted.append(len(labels))
+        return features, labels
+
+    monkeypatch.setattr(analysis_cli, "extract_features", spy)
+    args = fewshot_args(str(tmp_path / "model.safetensors"))
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    # the accuracies of the old path: features of all 1,437 training images
+    data, loaded = load_data("digits"), vitkit.load(tmp_path / "model.safetensors").eval()
+    features = [extract_features(loaded, analysis_cli.eval_loader(data.split(s), loaded.config.data_config, 1))
+                for s in ("train", "test")]  # fmt: skip
+    whole = fewshot(*features[0], *features[1], [5, 10], seeds=2, num_classes=10)
+    assert [report["shots"][k]["per_seed"] for k in ("5", "10")] == whole.accuracy.tolist()
+    assert extracted[1] == 360 and extracted[0] <= 2 * 10 * 10, extracted  # not the 1,437 training images
+    assert report["n_train"] == 1437

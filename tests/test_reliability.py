@@ -331,3 +331,73 @@ def test_a_non_finite_loss_beyond_the_allowance_stops_naming_the_step(data_root,
         fit(tiny(data_root, out, skip_nonfinite=1))
     assert str(e.value) == f"loss is nan at step 5; stopping (the last good checkpoint is {weights_path(out, 4)})"
     assert verify(weights_path(out, 4)).step == 4
+
+
+# ---- files others can read; a signal during an evaluation ----------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_files_are_created_with_the_process_umask_like_open(data_root, tmp_path, umask_022):
+    from vitkit.export import export_onnx
+    from vitkit.files import atomic_write
+
+    result = fit(tiny(data_root, tmp_path / "run"))
+    export_onnx(vitkit_load(result.checkpoint), tmp_path / "model.onnx")
+    run_dir = result.out_dir
+    written = [result.checkpoint, run_dir / "best.safetensors", run_dir / "config.yaml", run_dir / "metrics.jsonl",
+               *(run_dir / "checkpoints").iterdir(), tmp_path / "model.onnx"]  # fmt: skip
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+    os.umask(0o027)
+    atomic_write(tmp_path / "private.txt", lambda tmp: Path(tmp).write_text("x"))
+    assert oct((tmp_path / "private.txt").stat().st_mode & 0o777) == "0o640"
+
+
+def vitkit_load(path: Path):
+    import vitkit
+
+    return vitkit.load(path)
+
+
+def eval_records(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "eval_top1" in r]
+
+
+@pytest.mark.parametrize("batches_before", [0, 1])
+def test_a_sigint_during_an_evaluation_is_evaluated_again_on_resume(data_root, tmp_path, monkeypatch, batches_before):
+    import vitkit.train.run as train_run
+    from vitkit.train import Interrupted
+
+    runs = dict(eval_every=2, limit_eval=300)  # two evaluation batches of 256
+    reference = fit(tiny(data_root, tmp_path / "reference", **runs))
+    real, calls = train_run.evaluate, []
+
+    def sigint_during_the_third(model, loader, *args, **kwargs):  # the evaluation at step 6
+        calls.append(1)
+        if len(calls) != 3:
+            return real(model, loader, *args, **kwargs)
+
+        def batches():
+            for i, batch in enumerate(loader):
+                if i == batches_before:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+
+        return real(model, batches(), *args, **kwargs)
+
+    monkeypatch.setattr(train_run, "evaluate", sigint_during_the_third)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="at step 6 of 12"):
+        fit(tiny(data_root, out, **runs))
+    monkeypatch.undo()
+    assert [r["step"] for r in eval_records(out)] == [2, 4]
+    fit(make_config(out=str(out), resume=True, progress=False))
+    drop_time = lambda records: [{k: v for k, v in r.items() if "_s" not in k} for r in records]  # noqa: E731
+    assert drop_time(eval_records(out)) == drop_time(eval_records(reference.out_dir))
+    assert [r["step"] for r in eval_records(out)] == [2, 4, 6, 8, 10, 12]

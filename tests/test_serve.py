@@ -124,6 +124,15 @@ def test_raw_body_and_multipart_uploads_give_the_same_answer(client):
     assert raw["topk"] == multipart["topk"] and raw["model"] == "vit_test_patch4_16"
 
 
+@pytest.mark.parametrize("claimed", ["application/x-www-form-urlencoded", "text/plain"])
+def test_an_image_body_is_read_as_the_image_whatever_content_type_it_claims(client, claimed):
+    """`curl --data-binary @x.png` claims application/x-www-form-urlencoded unless told otherwise."""
+    image = _noise_png()
+    want = client.post("/v1/predict", content=image, headers={"Content-Type": "image/png"}).json()
+    got = client.post("/v1/predict", content=image, headers={"Content-Type": claimed})
+    assert got.status_code == 200 and got.json()["topk"] == want["topk"]
+
+
 def test_predict_topk_is_sorted_names_its_classes_and_is_capped_at_the_class_count(client, model):
     image = _noise_png()
     top = client.post("/v1/predict?topk=50", content=image).json()["topk"]
@@ -301,7 +310,7 @@ BAD_REQUESTS = {
     "a truncated image": (dict(content=_truncated_png()), 400),
     "an empty body": (dict(content=b""), 400),
     "a decompression bomb": (dict(content=_png_bomb()), 400),
-    "a wrong content type": (dict(content=_noise_png(), headers={"Content-Type": "text/plain"}), 415),
+    "a wrong content type, not an image": (dict(content=b"hello", headers={"Content-Type": "text/plain"}), 415),
     "more files than --max-images-per-request": (dict(files=[("file", ("x.png", _noise_png()))] * 5), 400),
     "more JSON images than --max-images-per-request": (dict(json={"images": ["aGk="] * 5}), 400),
     "a JSON body without images": (dict(json={"image": "aGk="}), 400),

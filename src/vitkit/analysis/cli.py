@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..data import DataSource
+    from torch.utils.data import Dataset
 
 RIDGE = 2.0**10  # big_vision's ridge penalty: vitkit.evaluate.fewshot.DEFAULT_L2 (a test checks), without torch
 
@@ -51,8 +51,9 @@ def _analyze(args: argparse.Namespace) -> int:
     split = data.split(args.split)
     subset = Subset(split, range(min(args.images, len(split))))
     loader = eval_loader(subset, model.config.data_config, data.channels, args.batch_size, args.workers)
-    images = torch.cat([x for x, _ in loader])
-    report = analyze(model, images, args.out, rollout_images=args.rollout_images)
+    batches = list(loader)
+    images, labels = torch.cat([x for x, _ in batches]), torch.cat([torch.as_tensor(y) for _, y in batches])
+    report = analyze(model, images, args.out, rollout_images=args.rollout_images, labels=labels, classes=data.classes)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -81,27 +82,36 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _features(
-    model: nn.Module, data: DataSource, split: str, args: argparse.Namespace
+    model: nn.Module, dataset: Dataset, channels: int, args: argparse.Namespace
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features (N, F) and labels (N,) of one split."""
+    """Frozen features (N, F) and labels (N,) of a dataset's images."""
     from ..evaluate.classify import eval_loader
     from ..evaluate.fewshot import extract_features
 
-    loader = eval_loader(data.split(split), model.config.data_config, data.channels, args.batch_size, args.workers)
+    loader = eval_loader(dataset, model.config.data_config, channels, args.batch_size, args.workers)
     return extract_features(model, loader)
 
 
 def _fewshot(args: argparse.Namespace) -> int:
+    from torch.utils.data import IterableDataset, Subset
+
     from ..data import load_data
-    from ..evaluate.fewshot import fewshot, linear_probe
+    from ..data.subsets import dataset_labels
+    from ..evaluate.fewshot import fewshot, linear_probe, support_pool
     from ..inference import load_for_inference
 
     model = load_for_inference(args.checkpoint, args.device, "fp32").model  # frozen features, in fp32
     data = load_data(args.data, args.data_root)
-    K = len(data.classes)
-    train_x, train_y = _features(model, data, "train", args)
-    test_x, test_y = _features(model, data, "test", args)
-    result = fewshot(train_x, train_y, test_x, test_y, args.shots, args.seeds, args.ridge, K)
+    K, train = len(data.classes), data.split("train")
+    pool = None
+    if args.probe is None and not isinstance(train, IterableDataset):  # features of the drawn supports only
+        train_y = dataset_labels(train)
+        pool = support_pool(train_y, args.shots, args.seeds, K)
+        train_x, _ = _features(model, Subset(train, pool.tolist()), data.channels, args)
+    else:  # the probe fits all of them; a streamed split has no indices to draw by
+        train_x, train_y = _features(model, train, data.channels, args)
+    test_x, test_y = _features(model, data.split("test"), data.channels, args)
+    result = fewshot(train_x, train_y, test_x, test_y, args.shots, args.seeds, args.ridge, K, pool)
     report: dict[str, Any] = {
         "checkpoint": args.checkpoint, "data": data.name, "feature_dim": train_x.shape[1],
         "n_train": len(train_y), "n_test": len(test_y), **result.to_dict(),

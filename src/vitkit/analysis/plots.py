@@ -2,7 +2,9 @@
 
 Each function writes one PNG of a fixed size in inches (given in its docstring) at `dpi`, and returns its path.
 The figures of the patch grid take a `note` for their title: which prefix tokens (class, distillation,
-registers) they leave out.
+registers) they leave out. The attention maps over images take a `caption` per image (its class, and the
+model's) and carry a colour bar of the heat scale; `rollout_figure` and `head_attention_figure` return the
+figure unsaved.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .filters import EmbeddingFilters
@@ -23,6 +27,7 @@ from .pos_embed import PosEmbedSimilarity
 
 DPI = 100
 HEAT_CMAP = "jet"  # attention heat maps
+HEAT_LABEL = "attention, each map scaled to [0, 1]"
 FILTER_COLUMNS = 7  # the paper shows its 28 components in 4 rows of 7
 
 
@@ -128,32 +133,69 @@ def _overlay(ax: Axes, picture: np.ndarray, heat: torch.Tensor, size: tuple[int,
     ax.imshow(heat_map(heat, size).numpy(), cmap=HEAT_CMAP, alpha=0.5)
 
 
-def plot_rollout(images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "") -> Path:
-    """images (B, C, H, W) in [0, 1] above their rollout maps (B, gh, gw) overlaid: 2B × 4 inches."""
+def _heat_colorbar(fig: Figure, axes: list[Axes]) -> None:
+    """The colour bar of heat_map's [0, 1] scale, beside `axes`."""
+    scale = ScalarMappable(Normalize(0, 1), colormaps[HEAT_CMAP])
+    bar = fig.colorbar(scale, ax=axes, shrink=0.9, alpha=0.5)
+    bar.set_label(HEAT_LABEL, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
+def rollout_figure(
+    images: torch.Tensor, maps: torch.Tensor, captions: Sequence[str] | None = None, note: str = ""
+) -> Figure:
+    """images (B, C, H, W) in [0, 1], each titled by its caption, above their rollout maps (B, gh, gw)
+    overlaid, with the heat scale's colour bar: 2B × 4 inches."""
     B = len(images)
     fig = Figure(figsize=(2 * B, 4), layout="constrained")
     for i in range(B):
         picture = _as_picture(images[i])
-        _show(fig.add_subplot(2, B, i + 1), picture)
+        ax = fig.add_subplot(2, B, i + 1)
+        _show(ax, picture)
+        if captions:
+            ax.set_title(captions[i], fontsize=7)
         _overlay(fig.add_subplot(2, B, B + i + 1), picture, maps[i], tuple(images.shape[-2:]))
+    _heat_colorbar(fig, fig.axes)  # beside both rows: one row is too short for the label
     fig.suptitle(_titled("attention rollout", note), fontsize=9)
-    return _save(fig, path, dpi)
+    return fig
+
+
+def plot_rollout(
+    images: torch.Tensor, maps: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "",
+    captions: Sequence[str] | None = None,
+) -> Path:  # fmt: skip
+    """rollout_figure, saved to `path`."""
+    return _save(rollout_figure(images, maps, captions, note), path, dpi)
+
+
+def head_attention_figure(
+    images: torch.Tensor, attn: torch.Tensor, captions: Sequence[str] | None = None, note: str = ""
+) -> Figure:
+    """One row per image (B, C, H, W) in [0, 1]: the image with its caption, then the last layer's
+    output-query attention of each head, attn (B, heads, gh, gw), overlaid; the heat scale's colour bar:
+    1.5·(heads + 1) × 1.5·B inches."""
+    B, H = attn.shape[:2]
+    fig = Figure(figsize=(1.5 * (H + 1), 1.5 * B), layout="constrained")
+    overlays = []
+    for i in range(B):
+        picture = _as_picture(images[i])
+        ax = fig.add_subplot(B, H + 1, i * (H + 1) + 1)
+        _show(ax, picture)
+        if captions:
+            ax.set_title(captions[i], fontsize=6)
+        for h in range(H):
+            overlays.append(fig.add_subplot(B, H + 1, i * (H + 1) + h + 2))
+            _overlay(overlays[-1], picture, attn[i, h], tuple(images.shape[-2:]))
+            if i == 0:
+                overlays[-1].set_title(f"head {h + 1}", fontsize=7)
+    _heat_colorbar(fig, overlays)
+    fig.suptitle(_titled("last layer's attention of the output token", note), fontsize=9)
+    return fig
 
 
 def plot_head_attention(
-    images: torch.Tensor, attn: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = ""
-) -> Path:
-    """One row per image (B, C, H, W) in [0, 1]: the image, then the last layer's output-query attention
-    of each head, attn (B, heads, gh, gw), overlaid: 1.5·(heads + 1) × 1.5·B inches."""
-    B, H = attn.shape[:2]
-    fig = Figure(figsize=(1.5 * (H + 1), 1.5 * B), layout="constrained")
-    for i in range(B):
-        picture = _as_picture(images[i])
-        _show(fig.add_subplot(B, H + 1, i * (H + 1) + 1), picture)
-        for h in range(H):
-            ax = fig.add_subplot(B, H + 1, i * (H + 1) + h + 2)
-            _overlay(ax, picture, attn[i, h], tuple(images.shape[-2:]))
-            if i == 0:
-                ax.set_title(f"head {h + 1}", fontsize=7)
-    fig.suptitle(_titled("last layer's attention of the output token", note), fontsize=9)
-    return _save(fig, path, dpi)
+    images: torch.Tensor, attn: torch.Tensor, path: str | Path, dpi: int = DPI, note: str = "",
+    captions: Sequence[str] | None = None,
+) -> Path:  # fmt: skip
+    """head_attention_figure, saved to `path`."""
+    return _save(head_attention_figure(images, attn, captions, note), path, dpi)

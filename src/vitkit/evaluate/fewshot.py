@@ -6,6 +6,8 @@ std, append a constant bias feature of 100 (large, so the bias is almost unregul
 targets 2·onehot − 1 with ridge penalty λ = 2^10 in closed form, through an eigendecomposition of the
 smaller of XᵀX and XXᵀ; accuracy of the argmax on the test split. For each seed every class's training
 examples are permuted once and the first k of them are the k-shot support set, so the sets are nested.
+Only the examples some support set draws need features: `support_pool` names them, and `fewshot(...,
+pool=...)` takes the features of those alone (a few hundred images instead of a whole training split).
 """
 
 from __future__ import annotations
@@ -127,6 +129,26 @@ class FewShotResult:
         }
 
 
+def _check_shots(train_y: torch.Tensor, shots: Sequence[int], seeds: int, num_classes: int) -> None:
+    """One-line ValueError when seeds or shots are not positive, or a class has fewer than max(shots) examples."""
+    if seeds < 1 or not shots or min(shots) < 1:
+        raise ValueError(f"need seeds >= 1 and shots >= 1, got seeds={seeds}, shots={list(shots)}")
+    counts = torch.bincount(train_y, minlength=num_classes)
+    if int(counts.min()) < max(shots):
+        c = int(counts.argmin())
+        k = max(shots)
+        raise ValueError(f"{k}-shot needs {k} training examples per class; class {c} has {int(counts[c])}")
+
+
+def support_pool(train_y: torch.Tensor, shots: Sequence[int], seeds: int, num_classes: int) -> torch.Tensor:
+    """The sorted indices (P,) into train_y (N,) of every example that `fewshot` draws into a support set, over
+    seeds 0..seeds-1: at most seeds · max(shots) · K of them."""
+    _check_shots(train_y, shots, seeds, num_classes)
+    k = max(shots)
+    drawn = [idx[:k] for seed in range(seeds) for idx in class_permutations(train_y, num_classes, seed)]
+    return torch.cat(drawn).unique()  # sorted
+
+
 def fewshot(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -136,25 +158,25 @@ def fewshot(
     seeds: int = 3,
     l2: float = DEFAULT_L2,
     num_classes: int | None = None,
+    pool: torch.Tensor | None = None,
 ) -> FewShotResult:
     """k-shot linear regression accuracy, for each k in `shots` and seeds 0..seeds-1.
 
-    train_x: (N, F) frozen features, train_y: (N,) labels in [0, K); test_x: (M, F), test_y: (M,).
+    train_y: (N,) labels in [0, K) of the whole training split; train_x: (N, F) frozen features, or with
+    `pool` (P,) (from `support_pool`, sorted indices into train_y) the features (P, F) of those examples only.
+    test_x: (M, F), test_y: (M,).
     """
-    if seeds < 1 or not shots or min(shots) < 1:
-        raise ValueError(f"need seeds >= 1 and shots >= 1, got seeds={seeds}, shots={list(shots)}")
     K = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    counts = torch.bincount(train_y, minlength=K)
-    if int(counts.min()) < max(shots):
-        c = int(counts.argmin())
-        k = max(shots)
-        raise ValueError(f"{k}-shot needs {k} training examples per class; class {c} has {int(counts[c])}")
+    _check_shots(train_y, shots, seeds, K)
+    if pool is not None and len(pool) != len(train_x):
+        raise ValueError(f"train_x has {len(train_x)} rows but the pool names {len(pool)} examples")
     accuracy = torch.zeros(len(shots), seeds, dtype=torch.float64)
     for seed in range(seeds):
         per_class = class_permutations(train_y, K, seed)
         for i, k in enumerate(shots):
             support = torch.cat([idx[:k] for idx in per_class])
-            readout = ridge_readout(train_x[support], train_y[support], K, l2)
+            rows = support if pool is None else torch.searchsorted(pool, support)
+            readout = ridge_readout(train_x[rows], train_y[support], K, l2)
             accuracy[i, seed] = readout.accuracy(test_x, test_y)
     return FewShotResult(list(shots), accuracy, l2)
 

@@ -16,8 +16,16 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-# Uploads are multipart (field `file`), JSON, or the image's bytes as the body with one of these types.
+# Uploads are multipart (field `file`), JSON, or the image's bytes as the body with one of these types, or with
+# any other type when the body starts as an image file does: `curl --data-binary @x.png` labels it
+# application/x-www-form-urlencoded unless told otherwise.
 RAW_TYPES = ("", "application/octet-stream")
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_an_image(data: bytes) -> bool:
+    """Whether `data` starts with the signature of PNG, JPEG, GIF, BMP, TIFF or WebP (nothing is decoded)."""
+    return data.startswith(IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 @dataclass
@@ -61,14 +69,14 @@ async def _read_upload(request: Request, max_images: int) -> Upload:
     if kind == "application/json":
         images = _json_images(await request.body(), max_images)
         return Upload(images, batch=True, names=[f"images[{i}]" for i in range(len(images))])
-    if kind in RAW_TYPES or kind.startswith("image/"):
-        data = await request.body()
+    data = await request.body()
+    if kind in RAW_TYPES or kind.startswith("image/") or looks_like_an_image(data):
         if not data:
             raise HTTPException(400, "empty upload: no image bytes")
         return Upload([data], batch=False, names=["upload"])
-    raise HTTPException(415, f"content type {kind!r} not accepted: send image/*, application/octet-stream, "
-                             "multipart/form-data with the images in fields 'file', or JSON "
-                             '{"images": ["<base64>", ...]}')  # fmt: skip
+    raise HTTPException(415, f"content type {kind!r} with a body that is not an image file: send image/*, "
+                             "application/octet-stream, multipart/form-data with the images in fields 'file', or "
+                             'JSON {"images": ["<base64>", ...]}')  # fmt: skip
 
 
 def _json_images(body: bytes, max_images: int) -> list[bytes | str]:

@@ -207,12 +207,16 @@ def _train(run: Run, bar: tqdm, signals: StopSignals) -> int | None:
     """Steps from run.step to the end, evaluating, logging and checkpointing as the config says; stops with a
     checkpoint on SIGINT/SIGTERM. Returns the step of the last evaluation (None if there was none)."""
     cfg, total = run.cfg, run.total_steps
+    evaluated_at = None
+    if run.eval_pending:  # the evaluation a signal cut short before the checkpoint this run resumed from
+        run.evaluate()
+        evaluated_at = run.step
     if cfg.patience and run.stale >= cfg.patience:  # resumed after it stopped early, before the final weights
         total = run.step
     run.t0 = time.time()
     run.model.train()
     busy = 0.0  # seconds spent loading and training, for images/s
-    tick_busy, tick_step, evaluated_at = busy, run.step, None
+    tick_busy, tick_step = busy, run.step
     while run.step < total:
         epoch, position = divmod(run.step, run.steps_per_epoch)
         batches = run.feed.epoch(epoch, position)

@@ -54,6 +54,7 @@ class Run:
     step: int = 0
     best_top1: float | None = None
     stale: int = 0  # evaluations since the best one (early stopping with --patience)
+    eval_pending: bool = False  # a signal cut this step's evaluation short: the resumed run does it first
     elapsed: float = 0.0  # seconds trained before this process started (a resumed run's)
     skipped_steps: int = 0
     last_checkpoint: Path | None = None
@@ -102,7 +103,7 @@ class Run:
             return
         self.last_checkpoint = write_checkpoint(self.out, self.step, self.model, {
             "step": self.step, "total_steps": self.total_steps, "best_top1": self.best_top1, "elapsed": self.time_s(),
-            "stale": self.stale,
+            "stale": self.stale, "eval_pending": self.eval_pending,
             "skipped_steps": self.skipped_steps, "optimizer": optimizer_state, "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
         }, self.meta, keep=self.cfg.keep_checkpoints, weights=weights)  # fmt: skip
@@ -115,7 +116,7 @@ class Run:
             state = resumed.state
             self.step, self.best_top1, self.elapsed = state["step"], state["best_top1"], state["elapsed"]
             self.skipped_steps, self.last_checkpoint = state.get("skipped_steps", 0), resumed.path
-            self.stale = state.get("stale", 0)
+            self.stale, self.eval_pending = state.get("stale", 0), state.get("eval_pending", False)
 
     def last_good(self) -> str:
         return f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
@@ -125,14 +126,20 @@ class Run:
         return not self.procs.distributed and self.signals is not None and self.signals.requested is not None
 
     def evaluate(self) -> None:
-        """Evaluate on the held-out (or test) split, log it, and keep the best weights as best.safetensors."""
+        """Evaluate on the held-out (or test) split, log it, and keep the best weights as best.safetensors. A
+        SIGINT/SIGTERM cuts it short: then `eval_pending`, and the resumed run evaluates this step first."""
         sharded = distributed.is_sharded(self.model)
         if (self.main or sharded) and not self.stopping():  # a sharded model's forward pass needs every process
             started = time.time()
-            ev = evaluate(self.eval_model(), self.test_loader, len(self.data.classes), self.procs.device,
-                          self.cfg.precision, stop=self.stopping)  # fmt: skip
+            try:
+                ev = evaluate(self.eval_model(), self.test_loader, len(self.data.classes), self.procs.device,
+                              self.cfg.precision, stop=self.stopping)  # fmt: skip
+            except ValueError:  # "evaluation set is empty": stopped before its first batch
+                if not self.stopping():
+                    raise
             if not self.stopping():
                 self._record(ev, time.time() - started)
+        self.eval_pending = self.stopping()  # recorded in the checkpoint that the signal writes next
         self.procs.barrier()
 
     def _record(self, ev: Evaluation, seconds: float) -> None:
