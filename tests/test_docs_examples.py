@@ -56,6 +56,8 @@ CANNOT_RUN = [
     (r"/data/imagenet|/shards/imagenet|/shared/|wds:https://", "the user's ImageNet, on their disk or server"),
     (r"hf:NAME", "a placeholder for a Hugging Face dataset"),
     (r"study data-scale|data_scale\(", "trains tens of runs for hours (a tiny study: tests/test_study.py)"),
+    (r"sys\.argv\[1\]", "a script that takes its file names as arguments (tests/test_export.py runs it beside predict)"),
+    (r"study report --ledger", "reports the ledger of the hours-long study above (tests/test_study_ledger.py)"),
     (r"^vitkit shard fashion_mnist\b", "encodes 70,000 PNGs, a minute or more (tests/test_shards.py)"),
 ]
 # How the examples' placeholders become this test's: (regex, replacement), applied in order.

@@ -176,8 +176,9 @@ def fewshot_args(checkpoint: str, *extra: str) -> argparse.Namespace:
 
 
 def test_fewshot_command_extracts_only_the_support_pool_and_the_test_split(tmp_path, capsys, monkeypatch):
-    import vitkit.analysis.cli as analysis_cli
+    import vitkit.evaluate.fewshot as fewshot_module
     from vitkit.data import load_data
+    from vitkit.evaluate import eval_loader
 
     model = vitkit.create_model("vit_test_patch4_16", in_chans=1, mean=(0.5,), std=(0.5,))
     vitkit.save(model, tmp_path / "model.safetensors")
@@ -188,13 +189,13 @@ def test_fewshot_command_extracts_only_the_support_pool_and_the_test_split(tmp_p
         extracted.append(len(labels))
         return features, labels
 
-    monkeypatch.setattr(analysis_cli, "extract_features", spy)
+    monkeypatch.setattr(fewshot_module, "extract_features", spy)  # the command imports it when it runs
     args = fewshot_args(str(tmp_path / "model.safetensors"))
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
     # the accuracies of the old path: features of all 1,437 training images
     data, loaded = load_data("digits"), vitkit.load(tmp_path / "model.safetensors").eval()
-    features = [extract_features(loaded, analysis_cli.eval_loader(data.split(s), loaded.config.data_config, 1))
+    features = [extract_features(loaded, eval_loader(data.split(s), loaded.config.data_config, 1))
                 for s in ("train", "test")]  # fmt: skip
     whole = fewshot(*features[0], *features[1], [5, 10], seeds=2, num_classes=10)
     assert [report["shots"][k]["per_seed"] for k in ("5", "10")] == whole.accuracy.tolist()
