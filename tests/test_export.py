@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.commands import add_export_parser
 from vitkit import export
 
 
@@ -60,7 +61,7 @@ def test_low_precision_models_are_refused(tmp_path, model):
 def test_cli_exports_a_vitkit_checkpoint(tmp_path, model, capsys):
     vitkit.save(model, tmp_path / "m.safetensors")
     parser = argparse.ArgumentParser()
-    export.add_parser(parser.add_subparsers(dest="command"))
+    add_export_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--format", "onnx", "--out",
          str(tmp_path / "m.onnx"), "--json"]
@@ -131,9 +132,9 @@ def test_the_documented_client_gives_vitkit_predicts_probabilities(
     namespace: dict = {}
     exec(_client_snippet(), namespace)
     (prediction,) = predict_files(model, [str(image)], classes, topk=len(classes))
-    expected = dict(prediction.top)
+    expected = {entry["label"]: entry["prob"] for entry in prediction.topk}
     np.testing.assert_allclose(namespace["probabilities"], [expected[c] for c in classes], atol=2e-6, rtol=0)
-    assert capsys.readouterr().out.split("\n")[0].split()[-1] == f"{prediction.top[0][1]:.4f}"
+    assert capsys.readouterr().out.split("\n")[0].split()[-1] == f"{prediction.topk[0]['prob']:.4f}"
 
 
 def test_the_int8_export_keeps_the_outputs_and_metadata(tmp_path, model10):

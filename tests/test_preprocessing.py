@@ -120,7 +120,7 @@ def test_predict_on_fashion_mnist_pngs_gives_the_models_output_on_the_datasets_t
         paths[-1].write_bytes(png)
     predictions = predict_files(model, [str(p) for p in paths], classes=list(test.classes), topk=10)
     for prediction, want in zip(predictions, expected):
-        got = dict(prediction.top)
+        got = {entry["label"]: entry["prob"] for entry in prediction.topk}
         assert [got[c] for c in test.classes] == want.tolist()
 
 
