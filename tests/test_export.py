@@ -143,3 +143,11 @@ def test_the_int8_export_keeps_the_outputs_and_metadata(tmp_path, model10):
     session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
     assert json.loads(session.get_modelmeta().custom_metadata_map["classes"]) == list("abcdefghij")
+
+
+def test_a_model_with_stochastic_depth_exports_in_eval_mode_and_stays_there(tmp_path):
+    """The exporter restores the training flag it found on the wrapper of the outputs, recursively: the wrapper
+    must carry the model's own, or the check compares the file with a model whose drop path is on again."""
+    model = vitkit.create_model("vit_test_patch4_16", drop_path=0.1).eval()
+    report = export.export_onnx(model, tmp_path / "m.onnx", check_images=torch.randn(3, 3, 16, 16))
+    assert report["max_abs_diff"] < 1e-4 and not model.training

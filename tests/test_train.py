@@ -341,5 +341,5 @@ def test_training_on_an_image_folder_skips_and_counts_undecodable_images(tmp_pat
                                  model="vit_test_patch4_16", out=str(tmp_path / "run"), progress=False, workers=0))  # fmt: skip
     assert result.skipped_images == 1 and "skipped 1 undecodable images" in result.summary()
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert config["train"]["recipe_name"] == "deit" and config["derived"]["augmentation"] == "per-image"
+    assert config["train"]["recipe_name"] == "small-data-vit" and config["derived"]["augmentation"] == "per-image"
     assert vitkit.load(result.checkpoint).config.num_classes == 3

@@ -109,7 +109,8 @@ def _torch_export(model: nn.Module, example: torch.Tensor, path: str, opset: int
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
         torch.onnx.export(
-            _Outputs(model), (example,), path, dynamo=False, opset_version=opset, do_constant_folding=True,
+            # the wrapper in the model's own mode: the exporter restores the mode it found, recursively
+            _Outputs(model).train(model.training), (example,), path, dynamo=False, opset_version=opset, do_constant_folding=True,
             input_names=[INPUT_NAME], output_names=outputs,
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         )  # fmt: skip
