@@ -94,8 +94,9 @@ def box_facts(model_names: list[str]) -> dict:
     precision = resolve_precision("auto", "cpu").precision
     peak = matmul_peak_gflops(DTYPES.get(precision, torch.float32))
     flops = {name: step_flops(get_config(name, num_classes=10), "train") for name in model_names}
-    return {"peak_gflops": peak, "precision": precision, "cpu": hardware.cpu().to_dict(),
-            "cpu_summary": hardware.cpu().summary(), "torch": torch.__version__, "train_flops_per_image": flops}  # fmt: skip
+    cpu = hardware.cpu()
+    return {"peak_gflops": peak, "precision": precision, "cpu": cpu.to_dict(), "cpu_summary": cpu.summary(),
+            "torch": torch.__version__, "train_flops_per_image": flops}  # fmt: skip
 
 
 # ---- the driver ----------------------------------------------------------------------------------------------
@@ -116,8 +117,8 @@ def measure_end_to_end(src: Path, env: dict[str, str], model: str, recipe: str, 
     """Images/s of `vitkit train` between its first and last logged training steps."""
     with tempfile.TemporaryDirectory(prefix="vitkit-cpu-train-") as tmp:
         _python(src, env, "-m", "vitkit", "train", "--model", model, "--recipe", recipe, "--data", "fashion_mnist",
-                "--data-root", data_root, "--steps", str(steps), "--log-every", "5", "--limit-eval", "256", "--no-progress",
-                "--out", str(Path(tmp) / "run"))  # fmt: skip
+                "--data-root", data_root, "--steps", str(steps), "--log-every", "5", "--limit-eval", "256",
+                "--no-progress", "--out", str(Path(tmp) / "run"))  # fmt: skip
         lines = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         config = (Path(tmp) / "run" / "config.yaml").read_text()
     logged = [r for r in lines if "loss" in r and "eval_top1" not in r]
@@ -168,8 +169,10 @@ def main() -> None:
     trees = {"current": ROOT / "src"}
     if args.baseline:
         trees["baseline"] = baseline_tree(args.baseline)
-    facts = lambda: json.loads(_python(trees["current"], env, __file__, "--worker", "facts", "--worker-args",  # noqa: E731
-                                       json.dumps([[ROWS[r][0] for r in rows]])).strip().splitlines()[-1])  # fmt: skip
+    models = json.dumps([[ROWS[r][0] for r in rows]])
+    facts = lambda: json.loads(  # noqa: E731
+        _python(trees["current"], env, __file__, "--worker", "facts", "--worker-args", models).strip().splitlines()[-1]
+    )
     before = facts()
     measured = {row: {tree: {"bare": [], "end_to_end": []} for tree in trees} for row in rows}
     for kind, rounds in (("bare", args.rounds), ("end_to_end", args.e2e_rounds)):
@@ -177,15 +180,17 @@ def main() -> None:
             for row in rows:
                 for tree in list(trees) if r % 2 == 0 else list(trees)[::-1]:
                     model, recipe = ROWS[row]
-                    rate = (measure_bare(trees[tree], env, model, recipe, args.bare_steps) if kind == "bare" else
-                            measure_end_to_end(trees[tree], env, model, recipe, args.steps, args.data_root))  # fmt: skip
+                    if kind == "bare":
+                        rate = measure_bare(trees[tree], env, model, recipe, args.bare_steps)
+                    else:
+                        rate = measure_end_to_end(trees[tree], env, model, recipe, args.steps, args.data_root)
                     measured[row][tree][kind].append(rate)
                     print(f"{kind:10} round {r} {row:10} {tree:8} {rate:7.1f} images/s", file=sys.stderr)
     after = facts()
     peak = statistics.median([before["peak_gflops"], after["peak_gflops"]])
     report = {
         "command": "benchmarks/cpu_train.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "avx2_caps": args.avx2, "env": env, "threads": THREADS, "baseline": args.baseline,
+        "avx2_caps": args.avx2, "env": env, "threads": THREADS, "baseline": args.baseline, "current": _head(),
         "cpu": before["cpu"], "cpu_summary": before["cpu_summary"], "cpu_flags": _cpu_flags(), "torch": before["torch"],
         "precision": before["precision"], "peak_gflops": [before["peak_gflops"], after["peak_gflops"]],
         "rows": {},
@@ -207,6 +212,14 @@ def main() -> None:
     print_table(report)
 
 
+def _head() -> str:
+    """This tree's commit, with '+changes' when its files differ from it."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return commit + ("+changes" if dirty.stdout.strip() else "")
+
+
 def _cpu_flags() -> str:
     """The vector and matrix flags of /proc/cpuinfo (avx2, avx512*, amx*, ...)."""
     try:
@@ -225,7 +238,7 @@ def print_table(report: dict) -> None:
         cur = e["current"]
         e2e = statistics.median(cur["end_to_end"]) if cur["end_to_end"] else float("nan")
         bare = statistics.median(cur["bare"]) if cur["bare"] else float("nan")
-        ratio = lambda k: (f"{e[k]['median']:.2f} ({e[k]['min']:.2f}-{e[k]['max']:.2f})" if k in e else "-")  # noqa: E731
+        ratio = lambda k: f"{e[k]['median']:.2f} ({e[k]['min']:.2f}-{e[k]['max']:.2f})" if k in e else "-"  # noqa: E731
         print(f"{row:10} {e['model']:22} {e['recipe']:18} {e2e:9.0f} {e.get('end_to_end_share_of_peak', 0):6.0%} "
               f"{bare:10.0f} {e.get('bare_share_of_peak', 0):6.0%} {ratio('end_to_end_ratio'):>11} "
               f"{ratio('bare_ratio'):>22}")  # fmt: skip
