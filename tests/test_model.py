@@ -263,9 +263,12 @@ def test_recomputed_attention_has_the_gradients_of_the_explicit_formula(dtype: t
                                         for t in (q[:1, :1, :4], k[:1, :1, :4], v[:1, :1, :4])])  # fmt: skip
 
 
-def test_bf16_training_keeps_no_token_by_token_weights_for_the_backward() -> None:
+def test_bf16_training_of_long_sequences_keeps_no_token_by_token_weights_for_the_backward() -> None:
     """The memory of the fused kernel: no (B, heads, T, T) tensor is saved (vitkit.models.attention)."""
-    block, x = tiny_model().blocks[0], torch.randn(2, 17, 192, requires_grad=True)
+    from vitkit.models.attention import SAVED_WEIGHTS_UP_TO
+
+    T = SAVED_WEIGHTS_UP_TO + 1
+    block, x = tiny_model().blocks[0], torch.randn(2, T, 192, requires_grad=True)
     saved: list[tuple[int, ...]] = []
 
     def keep(t: torch.Tensor) -> torch.Tensor:
@@ -275,7 +278,27 @@ def test_bf16_training_keeps_no_token_by_token_weights_for_the_backward() -> Non
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", torch.bfloat16):
         block(x).float().sum().backward()
     heads = block.attn.num_heads
-    assert saved and (2, heads, 17, 17) not in saved and x.grad is not None
+    assert saved and (2, heads, T, T) not in saved and x.grad is not None
+
+
+def test_bf16_training_of_short_sequences_agrees_with_the_recomputed_attention() -> None:
+    """Up to SAVED_WEIGHTS_UP_TO tokens the weights are kept for the backward pass, not recomputed (issue 38):
+    the output and the gradients of the input and of the q/k/v projection are those of the recomputing path."""
+    from vitkit.models.attention import recomputed_attention
+
+    attn, x, dout = tiny_model().blocks[0].attn.train(), torch.randn(4, 17, 192), torch.randn(4, 17, 192)
+
+    def output_and_grads(forward: Any) -> list[torch.Tensor]:
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            out = forward(inputs)
+        grads = torch.autograd.grad(out, [inputs, attn.qkv.weight], dout.to(out.dtype))
+        return [out.float(), *grads]
+
+    ours = output_and_grads(attn)
+    recomputed = output_and_grads(lambda t: attn._merge_heads(recomputed_attention(*attn._split_heads(t), attn.scale)))
+    for a, b in zip(ours, recomputed):
+        assert_close(a.float(), b.float(), atol=2e-2 * max(1.0, b.abs().max().item()))
 
 
 # ---- dropout and stochastic depth --------------------------------------------------------------------

@@ -16,6 +16,11 @@ import torch
 
 # Rows of the attention weights shorter than this take a bf16/fp16 softmax in fp32 on the CPU.
 FP32_SOFTMAX_BELOW = 128
+# Up to this many tokens, bf16 training on the CPU keeps the weights for the backward pass (plain autograd of
+# softmax(q kᵀ/√d) v) rather than recomputing them: 1.05-1.55x faster in the attention's forward and backward at
+# 17-128 tokens (batch 128, 4 heads of 32, one thread; benchmarks/cpu_levers.py), for weights of a few MB a layer.
+# Where bf16 is emulated (AVX2) it is 1.1-1.5x faster too (issue 38; docs/benchmarks.md).
+SAVED_WEIGHTS_UP_TO = 128
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention_weights, recomputed_attention
+from .attention import SAVED_WEIGHTS_UP_TO, attention_weights, recomputed_attention
 from .config import ViTConfig
 from .hybrid import HybridEmbed
 from .layers import DropPath, lecun_normal_
@@ -74,10 +74,11 @@ class Attention(nn.Module):
         q, k, v = self._split_heads(x)
         if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
             # Training in bf16 on the CPU: PyTorch's fused kernel's backward is 3-7x slower than that of
-            # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py); recomputing the T x T weights
-            # in the backward keeps the fused kernel's memory (vitkit.models.attention).
+            # the explicit softmax(q kᵀ/√d) v (benchmarks/attention_cpu.py). Short sequences keep the T x T
+            # weights for the backward pass (faster); longer ones recompute them there, keeping the fused
+            # kernel's memory (vitkit.models.attention). The dropped weights are needed as they were.
             # Without gradients the fused kernel is as fast, in the whole model (benchmarks/interleaved_rows.py).
-            if self.attn_drop and self.training:  # the dropped weights are needed as they were
+            if q.shape[-2] <= SAVED_WEIGHTS_UP_TO or (self.attn_drop and self.training):
                 return self._merge_heads(self._attend(q, k, v)[0])
             return self._merge_heads(recomputed_attention(q, k, v, self.scale))
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
