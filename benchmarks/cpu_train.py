@@ -13,8 +13,12 @@
 
 `--baseline REF` checks REF out into a git worktree and measures every row there too, alternating with this
 tree round by round (A B, then B A); each row reports the median ratio (this tree / REF) and its spread.
+`--compile` measures this tree with `torch.compile` (`vitkit train --compile`) against this tree eager (or
+against REF, eager, with `--baseline`); each end-to-end run also records the seconds to its first logged step,
+whose difference between the two is what compiling costs a run.
 `--avx2` runs every process under `vitkit.hardware.AVX2_ENV` (the CPU kind without AVX512/bf16/VNNI).
-Updates this kind's entry ("native" or "avx2") of benchmarks/results/cpu_train.json and prints a table.
+Updates this kind's entry ("native" or "avx2", with "_compile" for `--compile`) of benchmarks/results/cpu_train.json
+and prints a table.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ THREADS = 2
 
 
 # ---- what runs inside a measured tree's process (its vitkit on PYTHONPATH) ----------------------------------
-def bare_step(model_name: str, recipe_name: str, steps: int) -> dict:
+def bare_step(model_name: str, recipe_name: str, steps: int, compile: bool = False) -> dict:
     """Images/s of the recipe's training step at its batch on random tensors, after two warm-up steps."""
     import torch
     import torch.nn.functional as F
@@ -59,13 +63,14 @@ def bare_step(model_name: str, recipe_name: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = vitkit.create_model(model_name, dropout=recipe.dropout, drop_path=recipe.drop_path).train()
     optimizer = build_optimizer(model, recipe)
+    forward = torch.compile(model) if compile else model
     cfg = model.config
     images = torch.randn(recipe.batch_size, cfg.in_chans, *cfg.img_size)
     labels = torch.randint(0, cfg.num_classes, (recipe.batch_size,))
 
     def step() -> None:
         with autocast(torch.device("cpu"), precision):
-            loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.label_smoothing)
+            loss = F.cross_entropy(forward(images), labels, label_smoothing=recipe.label_smoothing)
         loss.backward()
         if recipe.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
@@ -108,23 +113,26 @@ def _python(src: Path, env: dict[str, str], *args: str, timeout: float = 1800) -
     return done.stdout
 
 
-def measure_bare(src: Path, env: dict[str, str], model: str, recipe: str, steps: int) -> float:
-    out = _python(src, env, __file__, "--worker", "bare", "--worker-args", json.dumps([model, recipe, steps]))
+def measure_bare(src: Path, env: dict[str, str], model: str, recipe: str, steps: int, compile: bool) -> float:
+    out = _python(src, env, __file__, "--worker", "bare", "--worker-args", json.dumps([model, recipe, steps, compile]))
     return json.loads(out.strip().splitlines()[-1])["images_per_s"]
 
 
-def measure_end_to_end(src: Path, env: dict[str, str], model: str, recipe: str, steps: int, data_root: str) -> float:
-    """Images/s of `vitkit train` between its first and last logged training steps."""
+def measure_end_to_end(
+    src: Path, env: dict[str, str], model: str, recipe: str, steps: int, data_root: str, compile: bool
+) -> tuple[float, float]:
+    """Images/s of `vitkit train` between its first and last logged training steps, and the seconds from its
+    start to the first logged step (5 steps, and compiling with `compile`)."""
     with tempfile.TemporaryDirectory(prefix="vitkit-cpu-train-") as tmp:
         _python(src, env, "-m", "vitkit", "train", "--model", model, "--recipe", recipe, "--data", "fashion_mnist",
                 "--data-root", data_root, "--steps", str(steps), "--log-every", "5", "--limit-eval", "256",
-                "--no-progress", "--out", str(Path(tmp) / "run"))  # fmt: skip
+                "--no-progress", "--out", str(Path(tmp) / "run"), *(["--compile"] if compile else []))  # fmt: skip
         lines = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         config = (Path(tmp) / "run" / "config.yaml").read_text()
     logged = [r for r in lines if "loss" in r and "eval_top1" not in r]
     batch = int(next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith("batch_size:")))
     first, last = logged[0], logged[-1]
-    return (last["step"] - first["step"]) * batch / (last["time_s"] - first["time_s"])
+    return (last["step"] - first["step"]) * batch / (last["time_s"] - first["time_s"]), first["time_s"]
 
 
 def baseline_tree(ref: str) -> Path:
@@ -150,6 +158,7 @@ def main() -> None:
     parser.add_argument("--e2e-rounds", type=int, default=1, help="rounds of `vitkit train` (0: none)")
     parser.add_argument("--steps", type=int, default=40, help="steps of each `vitkit train` run")
     parser.add_argument("--bare-steps", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="this tree compiled, against itself (or REF) eager")
     parser.add_argument("--avx2", action="store_true", help="run under vitkit.hardware.AVX2_ENV")
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--worker", choices=["bare", "facts"], help=argparse.SUPPRESS)
@@ -167,30 +176,34 @@ def main() -> None:
 
     env = AVX2_ENV if args.avx2 else {}
     trees = {"current": ROOT / "src"}
-    if args.baseline:
-        trees["baseline"] = baseline_tree(args.baseline)
+    if args.baseline or args.compile:
+        trees["baseline"] = baseline_tree(args.baseline) if args.baseline else ROOT / "src"
+    compiled = {"current": args.compile, "baseline": False}
     models = json.dumps([[ROWS[r][0] for r in rows]])
     facts = lambda: json.loads(  # noqa: E731
         _python(trees["current"], env, __file__, "--worker", "facts", "--worker-args", models).strip().splitlines()[-1]
     )
     before = facts()
-    measured = {row: {tree: {"bare": [], "end_to_end": []} for tree in trees} for row in rows}
+    measured = {row: {tree: {"bare": [], "end_to_end": [], "first_log_s": []} for tree in trees} for row in rows}
     for kind, rounds in (("bare", args.rounds), ("end_to_end", args.e2e_rounds)):
         for r in range(rounds):
             for row in rows:
                 for tree in list(trees) if r % 2 == 0 else list(trees)[::-1]:
                     model, recipe = ROWS[row]
                     if kind == "bare":
-                        rate = measure_bare(trees[tree], env, model, recipe, args.bare_steps)
+                        rate = measure_bare(trees[tree], env, model, recipe, args.bare_steps, compiled[tree])
                     else:
-                        rate = measure_end_to_end(trees[tree], env, model, recipe, args.steps, args.data_root)
+                        rate, first_log = measure_end_to_end(trees[tree], env, model, recipe, args.steps,
+                                                             args.data_root, compiled[tree])  # fmt: skip
+                        measured[row][tree]["first_log_s"].append(first_log)
                     measured[row][tree][kind].append(rate)
                     print(f"{kind:10} round {r} {row:10} {tree:8} {rate:7.1f} images/s", file=sys.stderr)
     after = facts()
     peak = statistics.median([before["peak_gflops"], after["peak_gflops"]])
     report = {
         "command": "benchmarks/cpu_train.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "avx2_caps": args.avx2, "env": env, "threads": THREADS, "baseline": args.baseline, "current": _head(),
+        "avx2_caps": args.avx2, "env": env, "threads": THREADS, "current": _head(), "compile": args.compile,
+        "baseline": args.baseline or ("this tree, eager" if args.compile else None),
         "cpu": before["cpu"], "cpu_summary": before["cpu_summary"], "cpu_flags": _cpu_flags(), "torch": before["torch"],
         "precision": before["precision"], "peak_gflops": [before["peak_gflops"], after["peak_gflops"]],
         "rows": {},
@@ -203,11 +216,11 @@ def main() -> None:
             ours = measured[row]["current"][kind]
             if ours:
                 entry[f"{kind}_share_of_peak"] = statistics.median(ours) * flops / 1e9 / peak
-            if args.baseline and ours:
+            if "baseline" in trees and ours:
                 entry[f"{kind}_ratio"] = spread([a / b for a, b in zip(ours, measured[row]["baseline"][kind])])
         report["rows"][row] = entry
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["avx2" if args.avx2 else "native"] = report
+    results[("avx2" if args.avx2 else "native") + ("_compile" if args.compile else "")] = report
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print_table(report)
 

@@ -169,6 +169,14 @@ def test_unsupported_settings_fail_with_a_clear_message(kwargs, message):
         bench.benchmark(**{"model_name": TINY, **kwargs, **QUICK})
 
 
+def test_compile_without_a_cpp_compiler_is_a_clear_error():
+    import torch._inductor.config as inductor
+
+    no_compiler = inductor.patch({"cpp.cxx": ("no-such-compiler++",)})
+    with no_compiler, pytest.raises(ValueError, match="--compile: .*C[+][+] compiler.*leave out --compile"):
+        bench.benchmark(**{"model_name": TINY, **QUICK, "compile": True, "device": "cpu"})
+
+
 def test_a_refusal_in_a_rows_own_process_reaches_the_caller_as_the_same_one_line_error():
     """A row measured in a fresh process (isolate=True) that refuses its settings: the caller gets the child's
     ValueError, not 'failed in its own process (exit 1)'."""

@@ -208,3 +208,14 @@ def test_muon_state_loads_into_torch_optim_muon_and_back():
     again = Muon([p], lr=0.01)
     again.load_state_dict(theirs.state_dict())
     assert torch.equal(again.state[p]["momentum_buffer"], ours.state[p]["momentum_buffer"])
+
+
+def test_compile_missing_names_the_missing_cpp_compiler():
+    import shutil
+
+    import torch._inductor.config as inductor
+
+    with inductor.patch({"cpp.cxx": ("no-such-compiler++",)}):
+        assert "C++ compiler" in hardware.compile_missing("cpu")
+    if shutil.which("g++"):  # found again once the search list is back
+        assert hardware.compile_missing("cpu") is None

@@ -343,3 +343,70 @@ def test_training_on_an_image_folder_skips_and_counts_undecodable_images(tmp_pat
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["train"]["recipe_name"] == "small-data-vit" and config["derived"]["augmentation"] == "per-image"
     assert vitkit.load(result.checkpoint).config.num_classes == 3
+
+
+# ---- torch.compile ----------------------------------------------------------------------------------------
+
+
+def test_compiled_step_computes_the_eager_gradients():
+    """--compile changes how the step runs, not what it computes: the compiled model's loss and gradients are
+    the eager model's in fp32, to float rounding (Inductor fuses the element-wise work and may reorder sums)."""
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_test_patch4_16").train()
+    images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    grads = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        loss.backward()
+        grads.append({"loss": loss.detach(), **{n: p.grad.clone() for n, p in model.named_parameters()}})
+    assert all(torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6) for k in grads[0])
+
+
+def test_compiled_training_follows_the_eager_run(data_root, tmp_path):
+    """A compiled run logs the eager run's losses and evaluations (to 1e-4; the weights after several Muon
+    steps differ a little more, as Muon and Adam normalise away the scale of tiny gradient differences)."""
+    recipe = {"steps": 6, "optimizer": "muon"}
+    fit(tiny(data_root, tmp_path / "eager", recipe))
+    fit(tiny(data_root, tmp_path / "compiled", recipe, compile=True))
+    logs = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("eager", "compiled")]  # fmt: skip
+    for key in ("loss", "eval_loss"):
+        values = [[r[key] for r in log if key in r] for log in logs]
+        assert values[0] and values[0] == pytest.approx(values[1], rel=1e-4), key
+    assert config_of(tmp_path / "compiled")["train"]["compile"] is True
+
+
+def test_compile_without_a_cpp_compiler_is_a_one_line_error_before_any_write(data_root, tmp_path):
+    import torch._inductor.config as inductor
+
+    no_compiler = inductor.patch({"cpp.cxx": ("no-such-compiler++",)})
+    with no_compiler, pytest.raises(ValueError, match="--compile: .*C[+][+] compiler.*leave out --compile") as refusal:
+        fit(tiny(data_root, tmp_path / "run", compile=True))
+    assert "\n" not in str(refusal.value) and not (tmp_path / "run").exists()
+
+
+def config_of(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def test_compiled_run_resumes_bit_exact(data_root, tmp_path, monkeypatch):
+    """A compiled run cut after its checkpoint and resumed ends with the uninterrupted compiled run's weights,
+    stochastic depth (drawn inside the compiled graph) included."""
+    recipe = {"steps": 8, "optimizer": "adamw", "drop_path": 0.1}
+    fit(tiny(data_root, tmp_path / "whole", recipe, checkpoint_every=4, compile=True))
+    real, calls = loop.train_step, []
+
+    def preempted_at_step_6(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", preempted_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(data_root, tmp_path / "resumed", recipe, checkpoint_every=4, compile=True))
+    monkeypatch.setattr(loop, "train_step", real)
+    fit(make_config(out=str(tmp_path / "resumed"), resume=True, progress=False))
+    a, b = weights(tmp_path / "whole" / "model.safetensors"), weights(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .flops import Mode, step_flops
-from .hardware import default_device
+from .hardware import compile_missing, default_device
 from .measure import (
     matmul_peak_gflops, num_threads, peak_memory_mb, ratio_summary, reset_peak_memory, sync, time_rounds,
 )
@@ -291,6 +291,9 @@ def _check_settings(
     device = device or default_device(precision)
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device")
+    if compile and (why := compile_missing(device)):
+        alternative = "int8 runs compiled: use --precision auto" if precision == "int8" else "leave out --compile"
+        raise ValueError(f"--compile: {why}; {alternative}")
     return device, compile
 
 

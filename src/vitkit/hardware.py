@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -117,3 +118,23 @@ def native_int8(device: torch.device | str) -> bool:
 def default_device(precision: str = "auto") -> str:
     """The device a command uses when none is given: CUDA when present, except for int8 (CPU only)."""
     return "cuda" if torch.cuda.is_available() and precision != "int8" else "cpu"
+
+
+def compile_missing(device: torch.device | str) -> str | None:
+    """Why torch.compile cannot compile for `device` here, in a few words, or None when it can: Inductor
+    needs TorchDynamo on this Python, a C++ compiler for CPU kernels and Triton for CUDA ones."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not run on this Python ({sys.version.split()[0]}) with torch {torch.__version__}"
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "torch.compile's CUDA kernels need Triton (pip install triton)"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # noqa: BLE001 (Inductor raises its own kinds; any of them means no compiler)
+        return "torch.compile's CPU kernels need a C++ compiler and none was found (install g++, or set CXX)"
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..hardware import compile_missing
 from . import distributed
 from .config import TrainConfig
 from .feed import micro_batches
@@ -38,6 +39,8 @@ def check_run(cfg: TrainConfig, procs: distributed.Processes) -> RunShape:
         raise ValueError("--fsdp keeps no EMA of the weights: leave out --ema-decay")
     if recipe.steps is None and recipe.epochs is None:
         raise ValueError("the run length is not set: give --steps or --epochs")
+    if cfg.compile and (why := compile_missing(procs.device)):
+        raise ValueError(f"--compile: {why}; leave out --compile to train eagerly (the same steps, unfused)")
     micro, accum = micro_batches(cfg, procs)
     graphs, why = graphs_allowed(cfg, procs, accum)  # a step that cannot be captured fails here
     return RunShape(micro, accum, graphs, why)
