@@ -9,6 +9,8 @@ capped at 20 passes over the 60k training part (1.08 M images), with early stopp
    held-out score wins (the rule fixed before it runs); a ledger per grid point in results/tune_cpu/;
 2. study the ViT (patch 4 and patch 7) and the ResNet: Fashion-MNIST 1k-60k, 3 seeds at 1k-10k and 1 above,
    a transfer 10-shot on mnist5k, the tuned recipes; every finished run a line of results/data_scale_cpu.jsonl;
+   each run's step compiled (`--compile`: 1.14-1.34x end to end on AVX512-BF16 cores, benchmarks/cpu_train.py
+   --compile) where a C++ compiler is found, else eager (`--eager` asks for that; a ledger takes either);
 3. tune the hybrid with the same grid and budget;
 4. study all four (the ViTs' and the ResNet's runs come from the ledger; only the hybrid's train);
 5. report, from the ledger alone: results/data_scale_cpu.json, docs/study/cpu_fair_accuracy_vs_{size,flops}.png,
@@ -58,16 +60,17 @@ def tune(models: str, out: Path) -> list[str]:
             "--result", str(RESULTS / f"tune_recipes_cpu_{models.replace(',', '_')}.json"), "--out", str(out / "tune")]  # fmt: skip
 
 
-def study(models: str, out: Path) -> list[str]:
+def study(models: str, out: Path, compile: bool) -> list[str]:
     return [sys.executable, "-m", "vitkit", "study", "data-scale", "--data", "fashion_mnist", "--sizes", SIZES,
             "--models", models, *BUDGET, "--transfer", "mnist5k", "--seeds", SEEDS, "--recipes", str(RECIPES),
-            "--ledger", str(LEDGER), "--out", str(out / f"study-{models.replace(',', '_')}"), "--no-progress"]  # fmt: skip
+            "--ledger", str(LEDGER), "--out", str(out / f"study-{models.replace(',', '_')}"), "--no-progress",
+            *(["--compile"] if compile else [])]  # fmt: skip
 
 
-def steps(out: Path) -> dict[str, list[str]]:
+def steps(out: Path, compile: bool = False) -> dict[str, list[str]]:
     """The steps in order, each the command it runs."""
-    return {"tune-vit-resnet": tune("vit,resnet", out), "study-first": study(FIRST, out),
-            "tune-hybrid": tune("hybrid", out), "study-all": study(ALL, out)}  # fmt: skip
+    return {"tune-vit-resnet": tune("vit,resnet", out), "study-first": study(FIRST, out, compile),
+            "tune-hybrid": tune("hybrid", out), "study-all": study(ALL, out, compile)}  # fmt: skip
 
 
 def run(command: list[str]) -> dict[str, Any]:
@@ -135,6 +138,7 @@ def main() -> None:
     parser.add_argument("--step", choices=["all", *steps(Path(".")), "report"], default="all")
     parser.add_argument("--left", action="store_true", help="print the runs no ledger holds yet, and stop")
     parser.add_argument("--fill-docs", action="store_true", help="write the tables into README.md and docs/study.md")
+    parser.add_argument("--eager", action="store_true", help="train the study's runs without --compile")
     args = parser.parse_args()
     if args.left:
         todo = remaining()
@@ -142,7 +146,10 @@ def main() -> None:
         print("\n".join(f"  {m} n{n} seed{s}" for m, n, s in todo))
         return
     out = Path(args.out)
-    for name, command in steps(out).items():
+    from vitkit.hardware import compile_missing
+
+    compile = not args.eager and compile_missing("cpu") is None
+    for name, command in steps(out, compile).items():
         if args.step in ("all", name):
             outcome = run(command)
             print(f"data_scale_cpu: {name}: {outcome}", file=sys.stderr, flush=True)

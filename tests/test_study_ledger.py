@@ -159,3 +159,21 @@ def test_the_log_names_each_run_as_it_starts_and_one_seed_shows_no_spread(ledger
     assert "study: run 1 of 1: vit_test_patch4_16 on 40 images (30 trained on), seed 0: 60 images at most (6 steps)" in err
     table = format_summary(whole)
     assert "±" not in table and [line.split(" | ")[2] for line in table.splitlines()[2:4]] == ["40", "80"]
+
+
+def test_compile_is_recorded_not_compared_so_an_eager_study_continues_a_compiled_one(tmp_path):
+    """`--compile` changes how a run executes, not its key: an eager study takes over a compiled study's
+    ledger line and trains only the run it lacks; each line says whether its step was compiled."""
+    ledger = tmp_path / "ledger.jsonl"
+    compiled = [*CLI_ONE_VIT, "--sizes", "40", "--compile", "--ledger", str(ledger), "--out", str(tmp_path / "a")]
+    assert main(compiled) == 0
+    again = study.data_scale(**{**STUDY, "models": ["vit"]}, out=tmp_path / "b", ledger=ledger)
+    lines = [json.loads(row) for row in ledger.read_text().splitlines()]
+    assert [(line["key"]["size"], line["vitkit"]["compile"]) for line in lines] == [(40, True), (80, False)]
+    assert sorted(r["size"] for r in again["runs"]) == [40, 80]
+    config = yaml.safe_load((tmp_path / "a" / "vit_test_patch4_16" / "n40" / "seed0" / "config.yaml").read_text())
+    assert config["train"]["compile"] is True
+
+
+CLI_ONE_VIT = ["study", "data-scale", "--data", "digits", "--models", "vit", "--images-seen", "60", "--seeds", "1",
+               "--holdout", "0.25", "--batch-size", "10", "--workers", "0", "--no-progress", "--evaluations", "2"]  # fmt: skip

@@ -261,7 +261,7 @@ def _study(args: argparse.Namespace) -> int:
             args.precision, _given(args, args.recipe_fields), args.data_root, args.device, args.workers, args.progress,
             args.evaluations, args.epochs_of_largest, args.patience, args.transfer,
             read_recipes(args.recipes) if args.recipes else None, args.epochs_per_size, args.max_images_seen,
-            args.ledger,
+            args.ledger, args.compile,
         )  # fmt: skip
     except Interrupted as e:
         print(f"vitkit study: {e}; run the same command again to continue the study", file=sys.stderr)
@@ -303,6 +303,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data-root", help="where datasets are unpacked/downloaded")
     d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     d.add_argument("--workers", type=int, help="data-loading processes per run")
+    d.add_argument("--compile", action="store_true", help="torch.compile each run's training step (how it runs, "
+                                                          "not what: a ledger continues with or without it)")  # fmt: skip
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
     recipe = d.add_argument_group("recipe fields (override every family's recipe)")
     # the study sets the run length; FLOPs are counted with every patch; nothing is fine-tuned

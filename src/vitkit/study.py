@@ -39,6 +39,7 @@ from .evaluate import eval_loader
 from .evaluate.fewshot import extract_features, fewshot, representations
 from .files import atomic_write
 from .flops import step_flops
+from .hardware import compile_missing, default_device
 from .models import get_config
 from .precision import Requested
 from .study_ledger import Ledger, run_key
@@ -265,6 +266,7 @@ def data_scale(
     epochs_per_size: float | None = None,
     max_images_seen: int | None = None,
     ledger: str | Path | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Train every model on every size with `seeds` seeds (one number, or one per size); returns (and writes
     to OUT/study.json) {"study": identity, "complete", "runs": [...], "summary": [...], "analysis", "files"}.
@@ -276,7 +278,8 @@ def data_scale(
     `transfer`: a second dataset, scored by 10-shot linear regression on every run's frozen features.
     `recipes`: per family {"recipe": name, "overrides": {}} (read_recipes), instead of FAMILY_RECIPES.
     `ledger`: a JSON-lines file (vitkit.study_ledger) that every finished run is appended to; the runs it holds
-    are not trained again, even in an empty OUT.
+    are not trained again, even in an empty OUT. `compile`: torch.compile each run's training step; how a run
+    executes, like `device` and `workers`, so not part of its ledger key (each line records it).
     """
     sizes = list(sizes)
     per_size = [seeds] * len(sizes) if isinstance(seeds, int) else list(seeds)
@@ -286,6 +289,8 @@ def data_scale(
                 recipes or None, epochs_per_size, max_images_seen)  # fmt: skip
     source = load_data(data, data_root).indexable()  # held once, for the subsets, the few-shot pool and every run
     _check(plan, source)
+    if compile and (why := compile_missing(device or default_device(precision))):
+        raise ValueError(f"--compile: {why}; leave out --compile (the ledger continues with or without it)")
     out = Path(out)
     runs = study_runs(plan, source, out)
     book = Ledger(ledger, data) if ledger is not None else None
@@ -297,14 +302,14 @@ def data_scale(
         done = json.loads((out / STUDY).read_text())
         if done.get("complete", True):
             return done
-    execution = {"data_root": data_root, "device": device, "workers": workers, "progress": progress}
+    execution = {"data_root": data_root, "device": device, "workers": workers, "progress": progress, "compile": compile}
     records: list[dict[str, Any]] = []
     for i, (run, line) in enumerate(tqdm(list(zip(runs, held)), desc="study", unit="run", disable=not progress), 1):
         if line is None:
             tqdm.write(f"study: run {i} of {len(runs)}: {run.describe(plan)}", file=sys.stderr)
             record = _run(plan, run, source, tasks, execution)
             if book is not None:
-                book.append(run.key, record, logged_evaluations(run.run_dir))
+                book.append(run.key, record, logged_evaluations(run.run_dir), {"compile": compile})
         records.append(record if line is None else line["result"])
         if i < len(runs):  # results so far, for a study cut short; figures at the end
             write_results(out, results(out, identity, records, False), figures=False)

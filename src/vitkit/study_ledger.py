@@ -1,12 +1,13 @@
 """The ledger of a data-scale study: one JSON line per finished run, so that a study of many hours continues on
 any machine from a small file kept in the repository, not from run directories that are lost with the machine.
 
-A line is {"key": ..., "result": ..., "evaluations": [...], "vitkit": {"version", "commit"}}:
+A line is {"key": ..., "result": ..., "evaluations": [...], "vitkit": {"version", "commit", "compile"}}:
 - `key` is everything that decides the run's result (run_key): dataset, model, size, seed, the budget rule and
   the images it gives this run, the resolved recipe, the held-out fraction, evaluations, patience, precision,
   the transfer set and the few-shot protocol;
 - `result` is the run's record in study.json, `evaluations` the metrics it logged at each evaluation;
-- `vitkit` is the version and commit it ran on: recorded, never compared (a ledger outlives commits).
+- `vitkit` is the version and commit it ran on, and whether its step was compiled: recorded, never compared (a
+  ledger outlives commits and machines).
 
 Lines are appended whole, flushed and fsynced. A study reads its ledger first and trains only the runs it does
 not hold; a line of the same run (dataset, model, size, seed) whose key disagrees with the study's arguments is
@@ -137,10 +138,14 @@ class Ledger:
             )  # fmt: skip
         return line
 
-    def append(self, key: dict[str, Any], result: dict[str, Any], evaluations: list[dict[str, Any]]) -> None:
-        """Add a finished run: one line, written whole with one write, flushed and fsynced."""
+    def append(
+        self, key: dict[str, Any], result: dict[str, Any], evaluations: list[dict[str, Any]],
+        execution: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Add a finished run: one line, written whole with one write, flushed and fsynced. `execution`: how it
+        ran (e.g. compiled), recorded beside the vitkit version and commit, never compared."""
         line = {"key": key, "result": result, "evaluations": evaluations,
-                "vitkit": {"version": __version__, "commit": commit()}}  # fmt: skip
+                "vitkit": {"version": __version__, "commit": commit(), **(execution or {})}}  # fmt: skip
         text = json.dumps(line, separators=(",", ":")) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
