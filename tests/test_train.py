@@ -19,7 +19,7 @@ import vitkit.train.loop as loop
 from vitkit.checkpoints.io import save
 from vitkit.data.datasets import DEBIAN_FASHION_MNIST
 from vitkit.train import RECIPES, NonFiniteLoss, fit, get_recipe, lr_factor, make_config
-from vitkit.train.optim import build_optimizer, param_groups
+from vitkit.train.optim import Muon, build_optimizer, param_groups
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="apt-get install dataset-fashion-mnist"
@@ -95,6 +95,29 @@ def test_muon_steps_each_hidden_matrix_by_the_polar_factor_of_its_gradient_and_a
     assert str(fresh.state_dict()) == str(state)
     resnet = build_optimizer(vitkit.create_model("resnetv2_test_16"), get_recipe("fashion-cpu", optimizer="muon"))
     assert isinstance(resnet, torch.optim.AdamW)  # no Transformer matrices: AdamW on every parameter
+
+
+@pytest.mark.parametrize("ns_dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_muon_orthogonalises_same_shape_matrices_together_as_it_would_one_by_one(ns_dtype, tol):
+    """Newton-Schulz batched over the matrices of one shape (issue 38) steps each matrix as a Muon that holds
+    it alone (the 2-D path, torch.optim.Muon's): three steps of tall, wide and square matrices."""
+    shapes = [(48, 32), (32, 48), (48, 32), (32, 32), (48, 32), (32, 48)]
+    weights = [torch.randn(*shape) for shape in shapes]
+    together = [torch.nn.Parameter(w.clone()) for w in weights]
+    alone = [torch.nn.Parameter(w.clone()) for w in weights]
+    options = dict(lr=0.02, weight_decay=0.05, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    batched = Muon(together, ns_dtype=ns_dtype, **options)
+    looped = [Muon([p], ns_dtype=ns_dtype, **options) for p in alone]
+    for _ in range(3):
+        for a, b in zip(together, alone):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        batched.step()
+        for optimizer in looped:
+            optimizer.step()
+    for a, b in zip(together, alone):
+        assert torch.allclose(a, b, atol=tol * 0.02, rtol=0), (a - b).abs().max()
+        assert not torch.equal(a, torch.zeros_like(a))
 
 
 def test_muon_under_fsdp_is_a_one_line_error(data_root, tmp_path):
