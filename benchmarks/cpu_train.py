@@ -17,6 +17,8 @@ tree round by round (A B, then B A); each row reports the median ratio (this tre
 against REF, eager, with `--baseline`); each end-to-end run also records the seconds to its first logged step,
 whose difference between the two is what compiling costs a run.
 `--avx2` runs every process under `vitkit.hardware.AVX2_ENV` (the CPU kind without AVX512/bf16/VNNI).
+`--profile` prints, for each row, where 5 bare steps spend their time (torch.profiler's operators by self time,
+the optimiser's step as one line), and measures nothing else.
 Updates this kind's entry ("native" or "avx2", with "_compile" for `--compile`) of benchmarks/results/cpu_train.json
 and prints a table.
 """
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +50,9 @@ THREADS = 2
 
 
 # ---- what runs inside a measured tree's process (its vitkit on PYTHONPATH) ----------------------------------
-def bare_step(model_name: str, recipe_name: str, steps: int, compile: bool = False) -> dict:
-    """Images/s of the recipe's training step at its batch on random tensors, after two warm-up steps."""
+def bare_step(model_name: str, recipe_name: str, steps: int, compile: bool = False, profile: bool = False) -> dict:
+    """Images/s of the recipe's training step at its batch on random tensors, after two warm-up steps; with
+    `profile`, the operators' self times over those steps instead (the top 15, and the optimiser's step)."""
     import torch
     import torch.nn.functional as F
 
@@ -79,10 +83,27 @@ def bare_step(model_name: str, recipe_name: str, steps: int, compile: bool = Fal
 
     for _ in range(2):
         step()
+    if profile:
+        return profiled(step, steps)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     return {"images_per_s": steps * recipe.batch_size / (time.perf_counter() - start), "precision": precision}
+
+
+def profiled(step: Callable[[], None], steps: int) -> dict:
+    """The share of `steps` steps' self time of each of the 15 costliest operators, and of the optimiser's step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    optimiser = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#"))
+    return {"ms_per_step": total / steps / 1000, "optimizer_step": optimiser / total,
+            "top": {e.key: e.self_cpu_time_total / total for e in top}}  # fmt: skip
 
 
 def box_facts(model_names: list[str]) -> dict:
@@ -160,6 +181,7 @@ def main() -> None:
     parser.add_argument("--bare-steps", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="this tree compiled, against itself (or REF) eager")
     parser.add_argument("--avx2", action="store_true", help="run under vitkit.hardware.AVX2_ENV")
+    parser.add_argument("--profile", action="store_true", help="print where each row's bare step goes, and stop")
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--worker", choices=["bare", "facts"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", default="[]", help=argparse.SUPPRESS)
@@ -175,6 +197,12 @@ def main() -> None:
     from vitkit.hardware import AVX2_ENV
 
     env = AVX2_ENV if args.avx2 else {}
+    if args.profile:
+        for row in rows:
+            out = _python(ROOT / "src", env, __file__, "--worker", "bare", "--worker-args",
+                          json.dumps([*ROWS[row], 5, args.compile, True]))  # fmt: skip
+            print_profile(row, json.loads(out.strip().splitlines()[-1]))
+        return
     trees = {"current": ROOT / "src"}
     if args.baseline or args.compile:
         trees["baseline"] = baseline_tree(args.baseline) if args.baseline else ROOT / "src"
@@ -240,6 +268,11 @@ def _cpu_flags() -> str:
     except (OSError, StopIteration):
         return ""
     return " ".join(f for f in flags.split(":")[1].split() if f.startswith(("avx", "amx", "fma", "f16c")))
+
+
+def print_profile(row: str, profile: dict) -> None:
+    print(f"{row}: {profile['ms_per_step']:.0f} ms a step; the optimiser's step {profile['optimizer_step']:.0%}")
+    print("\n".join(f"  {share:6.1%}  {name}" for name, share in profile["top"].items()))
 
 
 def print_table(report: dict) -> None:
