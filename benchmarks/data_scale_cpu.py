@@ -105,9 +105,13 @@ def markdown(result: dict[str, Any], figures: str | None = None) -> str:
             f"epochs of its training part, at most 1.08 M images, early stopping after 3 of 20 held-out evaluations "
             f"without a better one; {result['machine']}. Recipes: {recipes or 'untuned'}.")  # fmt: skip
     parts = [head, format_by_size(result["summary"]), format_analysis(result["analysis"] or {"gaps": {}})]
-    if figures:
-        parts += [f"![fair CPU study: accuracy against training-set size]({figures}/cpu_fair_accuracy_vs_size.png)",
-                  f"![fair CPU study: accuracy against training FLOPs]({figures}/cpu_fair_accuracy_vs_flops.png)"]
+    if figures:  # the fair study beside the starved one (benchmarks/data_scale.py's figures, in the same folder)
+        parts += ["| every run 102,400 images (starved) | 50 epochs of each size, at most 1.08 M images (fair) |\n"
+                  "|---|---|\n"
+                  f"| ![starved study: accuracy against size]({figures}/accuracy_vs_size.png) "
+                  f"| ![fair CPU study: accuracy against size]({figures}/cpu_fair_accuracy_vs_size.png) |",
+                  f"Against training FLOPs: [starved]({figures}/accuracy_vs_flops.png), "
+                  f"[fair]({figures}/cpu_fair_accuracy_vs_flops.png)."]
     return "\n\n".join(parts)
 
 

@@ -177,3 +177,23 @@ def test_compile_is_recorded_not_compared_so_an_eager_study_continues_a_compiled
 
 CLI_ONE_VIT = ["study", "data-scale", "--data", "digits", "--models", "vit", "--images-seen", "60", "--seeds", "1",
                "--holdout", "0.25", "--batch-size", "10", "--workers", "0", "--no-progress", "--evaluations", "2"]  # fmt: skip
+
+
+def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgered, tmp_path, monkeypatch):
+    """benchmarks/data_scale_cpu.py's tables and figures for README and docs/study.md, from a ledger."""
+    import importlib.util
+
+    from vitkit.study_report import report
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location("data_scale_cpu", benchmarks / "data_scale_cpu.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    result = report(ledgered[2], tmp_path)
+    result.update(machine="2 CPU cores", complete=True,
+                  tuning_winners={"recipes": {"vit": {"recipe": "small-data-vit", "overrides": {"lr": 0.002}}}})  # fmt: skip
+    text = driver.markdown(result, "docs/study")
+    starved, fair = text.index("docs/study/accuracy_vs_size.png"), text.index("docs/study/cpu_fair_accuracy_vs_size.png")
+    assert starved < fair and "\n" not in text[starved:fair]  # one table row: side by side
+    assert "vit: small-data-vit {'lr': 0.002}" in text and "vit_test_patch4_16" in text and "(complete)" in text
