@@ -123,9 +123,9 @@ def default_device(precision: str = "auto") -> str:
 def compile_missing(device: torch.device | str) -> str | None:
     """Why torch.compile cannot compile for `device` here, in a few words, or None when it can: Inductor
     needs TorchDynamo on this Python, a C++ compiler for CPU kernels and Triton for CUDA ones."""
-    import torch._dynamo
+    from torch._dynamo import is_dynamo_supported
 
-    if not torch._dynamo.is_dynamo_supported():
+    if not is_dynamo_supported():
         return f"torch.compile does not run on this Python ({sys.version.split()[0]}) with torch {torch.__version__}"
     if torch.device(device).type == "cuda":
         from torch.utils._triton import has_triton
