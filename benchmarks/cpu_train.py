@@ -19,8 +19,8 @@ whose difference between the two is what compiling costs a run.
 `--avx2` runs every process under `vitkit.hardware.AVX2_ENV` (the CPU kind without AVX512/bf16/VNNI).
 `--profile` prints, for each row, where 5 bare steps spend their time (torch.profiler's operators by self time,
 the optimiser's step as one line), and measures nothing else.
-Updates this kind's entry ("native" or "avx2", with "_compile" for `--compile`) of benchmarks/results/cpu_train.json
-and prints a table.
+Updates this kind's entry ("native" or "avx2", with "_compile" for `--compile`, "_compile_vs_REF" with both) of
+benchmarks/results/cpu_train.json and prints a table.
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def main() -> None:
                 entry[f"{kind}_ratio"] = spread([a / b for a, b in zip(ours, measured[row]["baseline"][kind])])
         report["rows"][row] = entry
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[("avx2" if args.avx2 else "native") + ("_compile" if args.compile else "")] = report
+    compiled_vs = ("_compile" + (f"_vs_{args.baseline}" if args.baseline else "")) if args.compile else ""
+    results[("avx2" if args.avx2 else "native") + compiled_vs] = report
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print_table(report)
 
