@@ -93,6 +93,29 @@ def remaining() -> list[tuple[str, int, int]]:
             for m in models if (m, n, s) not in done]  # fmt: skip
 
 
+def tuning_table() -> str:
+    """The recipe grid at 10k as tuned so far: per grid point each family's best held-out top-1, its steps and
+    why it stopped, the winner in bold (results/tune_recipes_cpu_*.json and recipes_cpu.json)."""
+    families: dict[str, Any] = {}
+    for path in sorted(RESULTS.glob("tune_recipes_cpu_*.json")):
+        families.update(json.loads(path.read_text())["families"])
+    if not families:
+        return ""
+    chosen = json.loads(RECIPES.read_text()).get("recipes", {}) if RECIPES.is_file() else {}
+    lines = ["| grid point at 10k | " + " | ".join(f"{fam} (`{f['model']}`)" for fam, f in families.items()) + " |",
+             "|---" * (len(families) + 1) + "|"]  # fmt: skip
+    for i in range(max(len(f["probes"]) for f in families.values())):
+        point = next(f["probes"][i]["overrides"] for f in families.values() if i < len(f["probes"]))
+        cells = []
+        for fam, f in families.items():
+            probe = f["probes"][i] if i < len(f["probes"]) else None
+            cell = "-" if probe is None else f"{probe['score']:.1%} ({probe['steps'][0]:,} steps, {probe['stopped'][0]})"
+            won = probe is not None and chosen.get(fam, {}).get("overrides") == probe["overrides"]
+            cells.append(f"**{cell}**" if won else cell)
+        lines.append(f"| {i + 1}: {point['optimizer']} lr {point['lr']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(result: dict[str, Any], figures: str | None = None) -> str:
     """The fair CPU study's tables as the docs show them, and with `figures` (their folder, relative to the
     page) the two figures."""
@@ -105,6 +128,8 @@ def markdown(result: dict[str, Any], figures: str | None = None) -> str:
             f"epochs of its training part, at most 1.08 M images, early stopping after 3 of 20 held-out evaluations "
             f"without a better one; {result['machine']}. Recipes: {recipes or 'untuned'}.")  # fmt: skip
     parts = [head, format_by_size(result["summary"]), format_analysis(result["analysis"] or {"gaps": {}})]
+    if tuned := tuning_table():
+        parts.append("The recipe grid (held-out top-1 of each probe; the winner in bold):\n\n" + tuned)
     if figures:  # the fair study beside the starved one (benchmarks/data_scale.py's figures, in the same folder)
         parts += ["| every run 102,400 images (starved) | 50 epochs of each size, at most 1.08 M images (fair) |\n"
                   "|---|---|\n"

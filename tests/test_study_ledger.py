@@ -193,7 +193,17 @@ def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgere
     result = report(ledgered[2], tmp_path)
     result.update(machine="2 CPU cores", complete=True,
                   tuning_winners={"recipes": {"vit": {"recipe": "small-data-vit", "overrides": {"lr": 0.002}}}})  # fmt: skip
+    probe = lambda lr, score, steps: {"overrides": {"optimizer": "adamw", "lr": lr}, "score": score,  # noqa: E731
+                                      "steps": [steps], "stopped": ["patience"]}
+    tuned = {"families": {"vit": {"model": "vit_m", "probes": [probe(0.002, 0.868, 3325), probe(0.004, 0.827, 300)]},
+                          "resnet": {"model": "resnet_m", "probes": [probe(0.002, 0.897, 2450)]}}}  # fmt: skip
+    (tmp_path / "tune_recipes_cpu_vit_resnet.json").write_text(json.dumps(tuned))
+    (tmp_path / "recipes.json").write_text(json.dumps({"recipes": {"vit": {"overrides": probe(0.002, 0, 0)["overrides"]}}}))
+    monkeypatch.setattr(driver, "RESULTS", tmp_path)
+    monkeypatch.setattr(driver, "RECIPES", tmp_path / "recipes.json")
     text = driver.markdown(result, "docs/study")
     starved, fair = text.index("docs/study/accuracy_vs_size.png"), text.index("docs/study/cpu_fair_accuracy_vs_size.png")
     assert starved < fair and "\n" not in text[starved:fair]  # one table row: side by side
     assert "vit: small-data-vit {'lr': 0.002}" in text and "vit_test_patch4_16" in text and "(complete)" in text
+    assert "| 1: adamw lr 0.002 | **86.8% (3,325 steps, patience)** | 89.7% (2,450 steps, patience) |" in text
+    assert "| 2: adamw lr 0.004 | 82.7% (300 steps, patience) | - |" in text
