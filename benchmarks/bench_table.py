@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from vitkit.bench import benchmark, format_table
+from vitkit.bench import benchmark
+from vitkit.bench_format import format_table
 
 MODELS = ["vit_small_patch16_224", "vit_base_patch16_224"]
 SETTINGS = [("fp32", "infer"), ("bf16", "infer"), ("fp32", "train"), ("bf16", "train")]

@@ -145,7 +145,8 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 LAYERS = [
     {"__main__"},
     {"cli", "commands"},
-    {"study", "study_analysis", "study_plots", "study_plan", "study_ledger", "study_report", "serve", "bench"},
+    {"study", "study_analysis", "study_plots", "study_plan", "study_ledger", "study_report", "serve", "bench",
+     "bench_format"},
     {"train", "evaluate", "analysis", "export", "quantize", "inference", "flops", "peers", "measure"},
     {"vitkit", "checkpoints"},
     {"models"},
@@ -158,7 +159,7 @@ ARROWS = {("train", "evaluate"), ("analysis", "evaluate"), ("quantize", "evaluat
           ("study", "study_report"), ("study_ledger", "study_plan"), ("study_report", "study_analysis"),
           ("study_report", "study_ledger"), ("study_report", "study_plan"), ("study_report", "study_plots"),
           ("precision", "hardware"), ("inference", "quantize"),
-          ("analysis", "inference"), ("cli", "commands"), ("precision", "precision_kinds")}  # fmt: skip
+          ("analysis", "inference"), ("cli", "commands"), ("precision", "precision_kinds"), ("bench", "bench_format")}  # fmt: skip
 
 
 def room(module: str) -> str:
