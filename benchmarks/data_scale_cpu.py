@@ -116,10 +116,11 @@ def tuning_table() -> str:
     return "\n".join(lines)
 
 
-def markdown(result: dict[str, Any], figures: str | None = None) -> str:
+def markdown(result: dict[str, Any], figures: str | None = None, brief: bool = False) -> str:
     """The fair CPU study's tables as the docs show them, and with `figures` (their folder, relative to the
-    page) the two figures."""
-    from vitkit.study_analysis import format_analysis, format_by_size
+    page) the two figures. `brief` (the README): test top-1 and its gaps only; the 10-shot and transfer tables
+    and the recipe grid stay in docs/study.md."""
+    from vitkit.study_analysis import METRICS, format_analysis, format_by_size
 
     recipes = "; ".join(f"{f}: {r['recipe']} {r['overrides'] or '(untuned)'}"
                         for f, r in result.get("tuning_winners", {}).get("recipes", {}).items())  # fmt: skip
@@ -127,8 +128,11 @@ def markdown(result: dict[str, Any], figures: str | None = None) -> str:
             f"({'complete' if result['complete'] else 'so far: ' + str(len(remaining())) + ' left'}); every run 50 "
             f"epochs of its training part, at most 1.08 M images, early stopping after 3 of 20 held-out evaluations "
             f"without a better one; {result['machine']}. Recipes: {recipes or 'untuned'}.")  # fmt: skip
-    parts = [head, format_by_size(result["summary"]), format_analysis(result["analysis"] or {"gaps": {}})]
-    if tuned := tuning_table():
+    analysis = result["analysis"] or {"reference": "vit", "gaps": {}}
+    if brief:
+        analysis = {**analysis, "gaps": {k: v for k, v in analysis["gaps"].items() if k == "top1"}}
+    parts = [head, format_by_size(result["summary"], ("top1",) if brief else tuple(METRICS)), format_analysis(analysis)]
+    if not brief and (tuned := tuning_table()):
         parts.append("The recipe grid (held-out top-1 of each probe; the winner in bold):\n\n" + tuned)
     if figures:  # the fair study beside the starved one (benchmarks/data_scale.py's figures, in the same folder)
         parts += ["| every run 102,400 images (starved) | 50 epochs of each size, at most 1.08 M images (fair) |\n"
@@ -156,7 +160,7 @@ def report(out: Path, fill_docs: bool) -> None:
         shutil.copyfile(out / "report" / name, ROOT / "docs" / "study" / f"cpu_fair_{name}")
     if fill_docs:
         for page, folder in DOCS.items():
-            fill_block(page, BLOCK, markdown(result, folder))
+            fill_block(page, BLOCK, markdown(result, folder, brief=page.name == "README.md"))
     print(markdown(result))
 
 

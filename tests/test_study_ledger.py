@@ -207,3 +207,7 @@ def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgere
     assert "vit: small-data-vit {'lr': 0.002}" in text and "vit_test_patch4_16" in text and "(complete)" in text
     assert "| 1: adamw lr 0.002 | **86.8% (3,325 steps, patience)** | 89.7% (2,450 steps, patience) |" in text
     assert "| 2: adamw lr 0.004 | 82.7% (300 steps, patience) | - |" in text
+    brief = driver.markdown(result, "docs/study", brief=True)  # the README's: test top-1 and its gaps
+    assert "(10-shot linear)" in text and "fewshot_10: gap" in text and "grid point" in text
+    assert "(test top-1)" in brief and "10-shot" not in brief and "fewshot_10" not in brief and "grid point" not in brief
+    assert "cpu_fair_accuracy_vs_size.png" in brief
