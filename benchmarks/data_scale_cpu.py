@@ -122,12 +122,15 @@ def markdown(result: dict[str, Any], figures: str | None = None, brief: bool = F
     and the recipe grid stay in docs/study.md."""
     from vitkit.study_analysis import METRICS, format_analysis, format_by_size
 
-    recipes = "; ".join(f"{f}: {r['recipe']} {r['overrides'] or '(untuned)'}"
-                        for f, r in result.get("tuning_winners", {}).get("recipes", {}).items())  # fmt: skip
+    tuned = result.get("tuning_winners", {})
+    recipes = "; ".join(f"{f} {o['optimizer']} lr {o['lr']:g}, weight decay {o['weight_decay']:g}"
+                        + ("" if r["grid_points_done"] == tuned["grid_points"] else f" (so far: {r['grid_points_done']} "
+                           f"of {tuned['grid_points']} grid points)")
+                        for f, r in tuned.get("recipes", {}).items() if (o := r["overrides"]))  # fmt: skip
     head = (f"`python benchmarks/data_scale_cpu.py`; {len(result['runs'])} runs "
             f"({'complete' if result['complete'] else 'so far: ' + str(len(remaining())) + ' left'}); every run 50 "
             f"epochs of its training part, at most 1.08 M images, early stopping after 3 of 20 held-out evaluations "
-            f"without a better one; {result['machine']}. Recipes: {recipes or 'untuned'}.")  # fmt: skip
+            f"without a better one; {result['machine']}. Recipes tuned at 10k (batch 128): {recipes or 'untuned'}.")  # fmt: skip
     analysis = result["analysis"] or {"reference": "vit", "gaps": {}}
     if brief:
         analysis = {**analysis, "gaps": {k: v for k, v in analysis["gaps"].items() if k == "top1"}}

@@ -19,7 +19,7 @@ from vitkit.cli import main
 from vitkit.data.subsets import balanced_order, nested_subset, subset_indices
 from vitkit.evaluate.fewshot import representations
 from vitkit.flops import step_flops
-from vitkit.study_analysis import summarise
+from vitkit.study_analysis import format_by_size, summarise
 from vitkit.train.runlog import read_metrics
 
 # Four tiny runs on scikit-learn's digits (1,437 training images, 10 classes), a ViT and a ResNet at each size
@@ -201,10 +201,20 @@ def test_a_run_that_diverges_is_recorded_as_diverged_and_the_study_goes_on(tmp_p
     assert vit["top1"] is None and vit["fewshot_10"] is None and "loss is" in vit["diverged"]
     assert resnet["diverged"] is None and 0 <= resnet["top1"] <= 1
     assert [r["diverged"] for r in result["summary"]] == [1, 0] and result["summary"][0]["top1"] is None
+    table = format_by_size(result["summary"], ("top1",))
+    assert "| diverged (1 of 1) |" in table and "| diverged" not in table.splitlines()[-1]  # the ResNet's row
     assert all((tmp_path / name).is_file() for name in ("study.csv", "accuracy_vs_size.png", "accuracy_vs_flops.png"))
     (tmp_path / "study.json").unlink()
     monkeypatch.setattr(study, "fit", lambda cfg: pytest.fail("a finished run trained again"))
     assert study.data_scale(**{**STUDY, "sizes": [40]}, out=tmp_path)["runs"] == result["runs"]
+
+
+def test_a_size_where_some_seeds_diverged_counts_only_those_that_trained():
+    runs = [{"model": "vit", "family": "vit", "size": 1000, "seed": s, "train_flops": 1.0, "top1": t,
+             "diverged": None if t is not None else "loss is nan at step 9"} for s, t in enumerate([0.5, None, 0.7])]
+    (row,) = summarise(runs)
+    assert row["diverged"] == 1 and abs(row["top1"] - 0.6) < 1e-12
+    assert "| 60.00% ± 10.00% (2 of 3; 1 diverged) |" in format_by_size([row], ("top1",))
 
 
 def test_rerunning_a_finished_study_prints_its_result_at_once_as_json(reference, capsys, monkeypatch):

@@ -192,7 +192,8 @@ def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgere
     spec.loader.exec_module(driver)
     result = report(ledgered[2], tmp_path)
     result.update(machine="2 CPU cores", complete=True,
-                  tuning_winners={"recipes": {"vit": {"recipe": "small-data-vit", "overrides": {"lr": 0.002}}}})  # fmt: skip
+                  tuning_winners={"grid_points": 6, "recipes": {"vit": {"recipe": "small-data-vit", "grid_points_done": 3,
+                  "overrides": {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.05}}}})  # fmt: skip
     probe = lambda lr, score, steps: {"overrides": {"optimizer": "adamw", "lr": lr}, "score": score,  # noqa: E731
                                       "steps": [steps], "stopped": ["patience"]}
     tuned = {"families": {"vit": {"model": "vit_m", "probes": [probe(0.002, 0.868, 3325), probe(0.004, 0.827, 300)]},
@@ -204,10 +205,10 @@ def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgere
     text = driver.markdown(result, "docs/study")
     starved, fair = text.index("docs/study/accuracy_vs_size.png"), text.index("docs/study/cpu_fair_accuracy_vs_size.png")
     assert starved < fair and "\n" not in text[starved:fair]  # one table row: side by side
-    assert "vit: small-data-vit {'lr': 0.002}" in text and "vit_test_patch4_16" in text and "(complete)" in text
+    assert "vit adamw lr 0.002, weight decay 0.05 (so far: 3 of 6 grid points)" in text and "vit_test_patch4_16" in text and "(complete)" in text
     assert "| 1: adamw lr 0.002 | **86.8% (3,325 steps, patience)** | 89.7% (2,450 steps, patience) |" in text
     assert "| 2: adamw lr 0.004 | 82.7% (300 steps, patience) | - |" in text
     brief = driver.markdown(result, "docs/study", brief=True)  # the README's: test top-1 and its gaps
     assert "(10-shot linear)" in text and "fewshot_10: gap" in text and "grid point" in text
-    assert "(test top-1)" in brief and "10-shot" not in brief and "fewshot_10" not in brief and "grid point" not in brief
+    assert "(test top-1)" in brief and "10-shot" not in brief and "fewshot_10" not in brief and "grid point at" not in brief
     assert "cpu_fair_accuracy_vs_size.png" in brief
