@@ -217,6 +217,21 @@ def test_a_size_where_some_seeds_diverged_counts_only_those_that_trained():
     assert "| 60.00% ± 10.00% (2 of 3; 1 diverged) |" in format_by_size([row], ("top1",))
 
 
+def test_the_size_figure_marks_a_size_where_every_seed_diverged(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from vitkit.study_plots import plot_accuracy_vs_size
+
+    runs = [{"model": m, "family": m, "size": n, "seed": 0, "train_flops": 1.0, "top1": t,
+             "diverged": None if t is not None else "loss is nan at step 9"}
+            for m, n, t in [("vit", 100, None), ("vit", 300, 0.6), ("resnet", 100, 0.5), ("resnet", 300, 0.7)]]  # fmt: skip
+    saved: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.append(fig))
+    plot_accuracy_vs_size(summarise(runs), tmp_path / "size.png")
+    crosses = [line for line in saved[0].axes[0].get_lines() if line.get_marker() == "x"]
+    assert [list(line.get_xdata()) for line in crosses] == [[100]] and "vit: every seed diverged" in crosses[0].get_label()
+
+
 def test_rerunning_a_finished_study_prints_its_result_at_once_as_json(reference, capsys, monkeypatch):
     out, result = reference
     monkeypatch.setattr(study, "fit", lambda cfg: pytest.fail("a finished study trained again"))

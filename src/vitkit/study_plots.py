@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
 
 from .study_analysis import METRICS
 
@@ -16,16 +17,18 @@ def plot_accuracy_vs_size(summary: list[dict[str, Any]], path: Path, transfer: s
     """Test top-1, 10-shot and (when measured) transfer 10-shot accuracy against training-set size (log x), mean ±
     std over seeds, a panel each (Figs. 3/4)."""
     keys = [k for k in METRICS if k == "top1" or any(r.get(k) is not None for r in summary)]
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["model"] for r in summary))}
     fig = Figure(figsize=(5 * len(keys), 4), layout="constrained")
     for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
-        for model in dict.fromkeys(r["model"] for r in summary):
+        for model, colour in colours.items():
             rows = sorted((r for r in summary if r["model"] == model and r.get(key) is not None), key=lambda r: r["size"])
+            _mark_diverged(ax, [r for r in summary if r["model"] == model and r.get(key) is None], colour)
             if not rows:
                 continue
             x = [r["size"] for r in rows]
             y, s = torch.tensor([r[key] for r in rows]), torch.tensor([r[f"{key}_std"] for r in rows])
-            ax.plot(x, y, marker="o", label=f"{model} ({rows[0]['family']})")
-            ax.fill_between(x, y - s, y + s, alpha=0.2)
+            ax.plot(x, y, marker="o", color=colour, label=f"{model} ({rows[0]['family']})")
+            ax.fill_between(x, y - s, y + s, color=colour, alpha=0.2)
         ax.set_xscale("log")
         sizes = sorted({r["size"] for r in summary})
         ax.set_xticks(sizes, [f"{n:,}" for n in sizes], minor=False)
@@ -34,9 +37,18 @@ def plot_accuracy_vs_size(summary: list[dict[str, Any]], path: Path, transfer: s
         ax.set_ylabel("accuracy")
         ax.set_title(f"{METRICS[key]} ({transfer})" if key == "transfer_10" and transfer else METRICS[key])
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _mark_diverged(ax: Any, rows: list[dict[str, Any]], colour: str) -> None:
+    """An x at the foot of the panel for each size where every seed of the model diverged (no accuracy)."""
+    sizes = [r["size"] for r in rows if r.get("diverged")]
+    if sizes:
+        foot = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in the axes' fraction
+        ax.plot(sizes, [0.03] * len(sizes), marker="x", ms=9, mew=2, ls="", color=colour, transform=foot,
+                label=f"{rows[0]['model']}: every seed diverged")  # fmt: skip
 
 
 def plot_accuracy_vs_flops(summary: list[dict[str, Any]], path: Path) -> Path:
