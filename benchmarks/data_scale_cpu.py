@@ -13,7 +13,10 @@ capped at 20 passes over the 60k training part (1.08 M images), with early stopp
    --compile) where a C++ compiler is found, else eager (`--eager` asks for that; a ledger takes either);
 3. tune the hybrid with the same grid and budget;
 4. study all four (the ViTs' and the ResNet's runs come from the ledger; only the hybrid's train);
-5. report, from the ledger alone: results/data_scale_cpu.json, docs/study/cpu_fair_accuracy_vs_{size,flops}.png,
+5. a check, not part of the study: the 1k runs again with every family at the ResNet's SGD lr 0.1
+   (results/recipes_cpu_lr0.1.json; ledger results/data_scale_cpu_1k_lr0.1.jsonl), since the tuned lr 0.3 of
+   the ViTs and the hybrid diverged there;
+6. report, from the ledgers alone: results/data_scale_cpu.json, docs/study/cpu_fair_accuracy_vs_{size,flops}.png,
    and with --fill-docs the tables in README.md and docs/study.md.
 
 A step whose runs are all in its ledger takes seconds, so the same command continues wherever the last stopped:
@@ -47,6 +50,7 @@ LEDGER = RESULTS / "data_scale_cpu.jsonl"
 TUNE_LEDGERS = RESULTS / "tune_cpu"
 RECIPES = RESULTS / "recipes_cpu.json"
 RESULT = RESULTS / "data_scale_cpu.json"
+CHECK_RECIPES, CHECK_LEDGER = RESULTS / "recipes_cpu_lr0.1.json", RESULTS / "data_scale_cpu_1k_lr0.1.jsonl"
 BLOCK = "cpu-study"  # <!-- cpu-study:begin --> ... <!-- cpu-study:end --> in each page
 DOCS = {ROOT / "docs" / "study.md": "study", ROOT / "README.md": "docs/study"}
 BUDGET = ["--epochs-per-size", "50", "--max-images-seen", "1080000", "--patience", "3", "--evaluations", "20"]
@@ -60,17 +64,20 @@ def tune(models: str, out: Path) -> list[str]:
             "--result", str(RESULTS / f"tune_recipes_cpu_{models.replace(',', '_')}.json"), "--out", str(out / "tune")]  # fmt: skip
 
 
-def study(models: str, out: Path, compile: bool) -> list[str]:
-    return [sys.executable, "-m", "vitkit", "study", "data-scale", "--data", "fashion_mnist", "--sizes", SIZES,
-            "--models", models, *BUDGET, "--transfer", "mnist5k", "--seeds", SEEDS, "--recipes", str(RECIPES),
-            "--ledger", str(LEDGER), "--out", str(out / f"study-{models.replace(',', '_')}"), "--no-progress",
+def study(models: str, out: Path, compile: bool, sizes: str = SIZES, seeds: str = SEEDS, recipes: Path = RECIPES,
+          ledger: Path = LEDGER, name: str = "study") -> list[str]:  # fmt: skip
+    return [sys.executable, "-m", "vitkit", "study", "data-scale", "--data", "fashion_mnist", "--sizes", sizes,
+            "--models", models, *BUDGET, "--transfer", "mnist5k", "--seeds", seeds, "--recipes", str(recipes),
+            "--ledger", str(ledger), "--out", str(out / f"{name}-{models.replace(',', '_')}"), "--no-progress",
             *(["--compile"] if compile else [])]  # fmt: skip
 
 
 def steps(out: Path, compile: bool = False) -> dict[str, list[str]]:
-    """The steps in order, each the command it runs."""
+    """The steps in order, each the command it runs. The last is a check, not part of the study: the 1k runs
+    again with every family at the ResNet's SGD lr 0.1, since the tuned lr 0.3 diverged there."""
     return {"tune-vit-resnet": tune("vit,resnet", out), "study-first": study(FIRST, out, compile),
-            "tune-hybrid": tune("hybrid", out), "study-all": study(ALL, out, compile)}  # fmt: skip
+            "tune-hybrid": tune("hybrid", out), "study-all": study(ALL, out, compile),
+            "check-1k-lr0.1": study(ALL, out, compile, "1000", "3", CHECK_RECIPES, CHECK_LEDGER, "check-1k")}  # fmt: skip
 
 
 def run(command: list[str]) -> dict[str, Any]:
@@ -135,6 +142,13 @@ def markdown(result: dict[str, Any], figures: str | None = None, brief: bool = F
     if brief:
         analysis = {**analysis, "gaps": {k: v for k, v in analysis["gaps"].items() if k == "top1"}}
     parts = [head, format_by_size(result["summary"], ("top1",) if brief else tuple(METRICS)), format_analysis(analysis)]
+    if not brief and result.get("check_1k"):
+        parts.append("The check at 1k, not part of the study: every family at SGD lr 0.1, the rest as above "
+                     f"(`--step check-1k-lr0.1`, `{CHECK_LEDGER.relative_to(ROOT)}`):\n\n"
+                     + format_by_size(result["check_1k"]))  # fmt: skip
+        if result.get("check_1k_gaps"):
+            parts.append("With the check's 1k runs in place of the study's (two recipes in one fit: an indication, "
+                         "not the study's result):\n\n" + format_analysis(result["check_1k_gaps"]))  # fmt: skip
     if not brief and (tuned := tuning_table()):
         parts.append("The recipe grid (held-out top-1 of each probe; the winner in bold):\n\n" + tuned)
     if figures:  # the fair study beside the starved one (benchmarks/data_scale.py's figures, in the same folder)
@@ -148,6 +162,7 @@ def markdown(result: dict[str, Any], figures: str | None = None, brief: bool = F
 
 
 def report(out: Path, fill_docs: bool) -> None:
+    from vitkit.study_analysis import analyse
     from vitkit.study_report import FIGURES
     from vitkit.study_report import report as from_ledger
 
@@ -158,6 +173,11 @@ def report(out: Path, fill_docs: bool) -> None:
     result.update(command="python benchmarks/data_scale_cpu.py --step report", machine=f"{os.cpu_count()} CPU cores "
                   f"({', '.join(kinds)}) at report time; each run's precision is in its config", tuning_winners=tuned,
                   complete=not remaining())  # fmt: skip
+    if CHECK_LEDGER.is_file():
+        check = from_ledger(CHECK_LEDGER, out / "check-report")
+        mixed = [r for r in result["runs"] if r["size"] != 1000] + check["runs"]  # the check's 1k with 3k-60k
+        gaps = analyse(mixed, result["analysis"]["reference"], ["top1"])
+        result.update(check_1k=check["summary"], check_1k_gaps=gaps)
     atomic_write(RESULT, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
     for name in FIGURES:
         shutil.copyfile(out / "report" / name, ROOT / "docs" / "study" / f"cpu_fair_{name}")

@@ -202,7 +202,7 @@ def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgere
     (tmp_path / "recipes.json").write_text(json.dumps({"recipes": {"vit": {"overrides": probe(0.002, 0, 0)["overrides"]}}}))
     monkeypatch.setattr(driver, "RESULTS", tmp_path)
     monkeypatch.setattr(driver, "RECIPES", tmp_path / "recipes.json")
-    text = driver.markdown(result, "docs/study")
+    text = driver.markdown({**result, "check_1k": result["summary"]}, "docs/study")
     starved, fair = text.index("docs/study/accuracy_vs_size.png"), text.index("docs/study/cpu_fair_accuracy_vs_size.png")
     assert starved < fair and "\n" not in text[starved:fair]  # one table row: side by side
     assert "vit adamw lr 0.002, weight decay 0.05 (so far: 3 of 6 grid points)" in text and "vit_test_patch4_16" in text and "(complete)" in text
@@ -210,5 +210,6 @@ def test_the_cpu_study_report_sets_the_fair_study_beside_the_starved_one(ledgere
     assert "| 2: adamw lr 0.004 | 82.7% (300 steps, patience) | - |" in text
     brief = driver.markdown(result, "docs/study", brief=True)  # the README's: test top-1 and its gaps
     assert "(10-shot linear)" in text and "fewshot_10: gap" in text and "grid point" in text
+    assert text.count("| vit_test_patch4_16 (test top-1) |") == 2 and "The check at 1k" in text
     assert "(test top-1)" in brief and "10-shot" not in brief and "fewshot_10" not in brief and "grid point at" not in brief
     assert "cpu_fair_accuracy_vs_size.png" in brief
