@@ -77,7 +77,8 @@ def steps(out: Path, compile: bool = False) -> dict[str, list[str]]:
     again with every family at the ResNet's SGD lr 0.1, since the tuned lr 0.3 diverged there."""
     return {"tune-vit-resnet": tune("vit,resnet", out), "study-first": study(FIRST, out, compile),
             "tune-hybrid": tune("hybrid", out), "study-all": study(ALL, out, compile),
-            "check-1k-lr0.1": study(ALL, out, compile, "1000", "3", CHECK_RECIPES, CHECK_LEDGER, "check-1k")}  # fmt: skip
+            "check-1k-lr0.1": study(ALL, out, compile, sizes="1000", seeds="3", recipes=CHECK_RECIPES,
+                                    ledger=CHECK_LEDGER, name="check-1k")}  # fmt: skip
 
 
 def run(command: list[str]) -> dict[str, Any]:
@@ -175,7 +176,8 @@ def report(out: Path, fill_docs: bool) -> None:
                   complete=not remaining())  # fmt: skip
     if CHECK_LEDGER.is_file():
         check = from_ledger(CHECK_LEDGER, out / "check-report")
-        mixed = [r for r in result["runs"] if r["size"] != 1000] + check["runs"]  # the check's 1k with 3k-60k
+        sizes = {r["size"] for r in check["runs"]}  # its runs in place of the study's at those sizes
+        mixed = [r for r in result["runs"] if r["size"] not in sizes] + check["runs"]
         gaps = analyse(mixed, result["analysis"]["reference"], ["top1"])
         result.update(check_1k=check["summary"], check_1k_gaps=gaps)
     atomic_write(RESULT, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))

@@ -137,10 +137,15 @@ def format_analysis(analysis: dict[str, Any]) -> str:
     return "\n".join(lines).strip()
 
 
+def with_spread(mean: str, std: str, seeds: int) -> str:
+    """'mean ± std' over 2+ seeds, 'mean' alone over one (no spread to show)."""
+    return f"{mean} ± {std}" if seeds > 1 else mean
+
+
 def _gap_cell(row: dict[str, Any]) -> str:
     """'+4.50 ± 2.52 (3)' in points, or '+1.80 (1)' for one seed."""
-    spread = f" ± {100 * row['std']:.2f}" if row["seeds"] > 1 else ""
-    return f"{100 * row['mean']:+.2f}{spread} ({row['seeds']})"
+    mean, std = f"{100 * row['mean']:+.2f}", f"{100 * row['std']:.2f}"
+    return f"{with_spread(mean, std, row['seeds'])} ({row['seeds']})"
 
 
 def format_by_size(summary: Sequence[dict[str, Any]], metrics: Sequence[str] = tuple(METRICS)) -> str:
@@ -163,6 +168,6 @@ def _cell(row: dict[str, Any] | None, key: str) -> str:
     diverged, seeds = row.get("diverged", 0), row["seeds"]
     if row.get(key) is None:
         return f"diverged ({diverged} of {seeds})" if diverged else "-"
-    spread = f" ± {row[f'{key}_std']:.2%}" if seeds - diverged > 1 else ""
     counted = f"{seeds - diverged} of {seeds}; {diverged} diverged" if diverged else str(seeds)
-    return f"{row[key]:.2%}{spread} ({counted})"
+    mean, std = f"{row[key]:.2%}", f"{row[key + '_std']:.2%}"
+    return f"{with_spread(mean, std, seeds - diverged)} ({counted})"

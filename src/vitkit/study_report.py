@@ -12,7 +12,7 @@ from typing import Any
 
 from .data.datasets import parse_spec
 from .files import atomic_write
-from .study_analysis import METRICS, analyse, summarise
+from .study_analysis import METRICS, analyse, summarise, with_spread
 from .study_ledger import Ledger
 from .study_plan import FAMILY_MODELS, plan_of
 from .study_plots import plot_accuracy_vs_flops, plot_accuracy_vs_size
@@ -103,19 +103,14 @@ def report(ledger_path: str | Path, out: str | Path) -> dict[str, Any]:
     return study
 
 
-def _cell(mean: float | None, std: float | None, seeds: int) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.2%} ± {std:.2%}" if seeds > 1 else f"{mean:.2%}"
-
-
 def format_summary(study: dict[str, Any]) -> str:
     """A markdown table of the summary: a row per model and size, sizes ascending; a spread only over 2+ seeds."""
     keys = [k for k in METRICS if any(r.get(k) is not None for r in study["summary"])] or ["top1"]
     lines = [f"| model | family | size | seeds | {' | '.join(METRICS[k] for k in keys)} | training FLOPs |",
              "|---" * (len(keys) + 5) + "|"]  # fmt: skip
     for r in study["summary"]:
-        cells = " | ".join(_cell(r.get(k), r.get(f"{k}_std"), r["seeds"]) for k in keys)
+        cells = " | ".join("-" if r.get(k) is None else with_spread(f"{r[k]:.2%}", f"{r[k + '_std']:.2%}", r["seeds"])
+                           for k in keys)  # fmt: skip
         lines.append(f"| {r['model']} | {r['family']} | {r['size']:,} | {r['seeds']} | {cells} | {r['train_flops']:.3g} |")
     done = "" if study.get("complete") is not False else f" (incomplete: {len(study['runs'])} runs so far)"
     return "\n".join(lines + [f"files{done}: {', '.join(study['files'].values())}"])
